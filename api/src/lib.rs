@@ -1,0 +1,1 @@
+//! Configuration model shared by the command line and the HTTP API.

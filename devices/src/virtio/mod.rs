@@ -1,0 +1,1 @@
+//! virtio devices on the MMIO transport.
