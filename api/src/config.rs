@@ -1,0 +1,127 @@
+//! The VM configuration.
+
+use serde::{Deserialize, Serialize};
+
+/// Default guest memory, MiB.
+pub const DEFAULT_MEM_MIB: u64 = 256;
+/// Default vCPU count.
+pub const DEFAULT_VCPUS: u8 = 1;
+/// Kernel command line ferry always starts with; the user's text is appended.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// `machine-config`: vCPUs and memory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    pub vcpu_count: u8,
+    pub mem_size_mib: u64,
+    #[serde(default)]
+    pub smt: bool,
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            vcpu_count: DEFAULT_VCPUS,
+            mem_size_mib: DEFAULT_MEM_MIB,
+            smt: false,
+            track_dirty_pages: false,
+        }
+    }
+}
+
+/// `boot-source`: what to boot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSource {
+    pub kernel_image_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<String>,
+    /// Text appended to [`DEFAULT_CMDLINE`]. (Firecracker replaces its default with `boot_args`;
+    /// ferry keeps the defaults because its console and reboot handling rely on them.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+}
+
+/// Where the serial port's output goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialOutput {
+    /// stdout; stdin feeds the guest when it is a terminal or when chosen explicitly.
+    #[default]
+    Stdio,
+    /// Append to a file.
+    File(String),
+    /// Discard.
+    None,
+}
+
+/// The serial console.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialConfig {
+    pub output: SerialOutput,
+    /// Read guest input from stdin (set by `--serial stdio`, or automatically on a terminal).
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// A block device (`--disk`, `PUT /drives/{id}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriveConfig {
+    pub drive_id: String,
+    /// A file, a block device, or an `iscsi://` URL (ferry extension).
+    pub path_on_host: String,
+    #[serde(default)]
+    pub is_root_device: bool,
+    #[serde(default)]
+    pub is_read_only: bool,
+    /// O_DIRECT: `None` means the backend's default (on for block devices, off for files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct: Option<bool>,
+    /// File holding iSCSI CHAP secrets, so they stay out of `ps` output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap_secret_file: Option<String>,
+}
+
+/// A network interface (`--net`, `PUT /network-interfaces/{id}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    pub iface_id: String,
+    pub backend: NetBackendConfig,
+    /// Guest MAC, `aa:bb:cc:dd:ee:ff`. Defaults to the macvtap's own MAC, or a generated one for tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    /// Queue pairs (multiqueue when > 1).
+    #[serde(default = "one")]
+    pub queues: u16,
+}
+
+fn one() -> u16 {
+    1
+}
+
+/// The host side of a network interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetBackendConfig {
+    /// A tap interface, attached to or created.
+    Tap(String),
+    /// A macvtap interface (its `/dev/tapN` node).
+    Macvtap(String),
+    /// An already-open tap/macvtap fd inherited from the orchestrator.
+    Fd(i32),
+}
+
+/// Everything needed to build a VM.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmConfig {
+    pub machine: MachineConfig,
+    pub boot: Option<BootSource>,
+    pub serial: SerialConfig,
+    /// Port of the guest exit-code device, when enabled.
+    pub exit_device_port: Option<u16>,
+    pub drives: Vec<DriveConfig>,
+    pub nets: Vec<NetConfig>,
+}
