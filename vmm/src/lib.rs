@@ -1,1 +1,19 @@
-//! The ferry VMM library.
+//! The ferry virtual machine monitor.
+//!
+//! * [`builder`] turns a [`ferry_api::VmConfig`] into a VM: KVM objects, memory, devices, kernel.
+//! * [`controller`] owns the VM and its state machine; the CLI and the API drive it.
+//! * [`vcpu`] runs one thread per vCPU; [`event_loop`] runs the device thread.
+//! * [`cli`] is the `ferry` command line.
+
+pub mod builder;
+pub mod cli;
+pub mod controller;
+pub mod error;
+pub mod event_loop;
+pub mod kvm;
+pub mod memory;
+pub mod metrics;
+pub mod vcpu;
+pub mod virtio_devices;
+
+pub use error::VmmError;

@@ -1,0 +1,165 @@
+//! Helpers shared by the integration tests: locate the built `ferry` and probe binaries, run ferry
+//! with a deadline, and parse the probe's report lines.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `ferry` binary cargo built for this test run.
+pub fn ferry_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+}
+
+/// The probe guest, which the `ferry-probe` build script places beside the ferry binary.
+pub fn probe_bin() -> PathBuf {
+    let path = ferry_bin()
+        .parent()
+        .map(|dir| dir.join("probe"))
+        .expect("ferry binary has a parent directory");
+    assert!(
+        path.exists(),
+        "probe guest not found at {} (cargo build --workspace builds it)",
+        path.display()
+    );
+    path
+}
+
+/// What a finished ferry run produced.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RunOutput {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// The probe's line for `test`, e.g. `probe: boot: PASS mem_mib=511 ...`.
+    pub fn probe_line(&self, test: &str) -> Option<&str> {
+        let prefix = format!("probe: {test}: ");
+        self.stdout.lines().find(|l| l.starts_with(&prefix))
+    }
+
+    /// `key=value` from the probe's PASS line for `test`.
+    pub fn probe_value(&self, test: &str, key: &str) -> Option<String> {
+        let line = self.probe_line(test)?;
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .map(str::to_string)
+    }
+
+    /// The single `error: …` line ferry prints for a VMM-side failure (warnings may precede it).
+    pub fn error_line(&self) -> &str {
+        let errors: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "expected one error line:\n{}", self.stderr);
+        errors[0]
+    }
+
+    pub fn assert_pass(&self, test: &str) {
+        let line = self.probe_line(test);
+        assert!(
+            line.is_some_and(|l| l.contains(": PASS")),
+            "probe test {test} did not pass: {line:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
+/// Runs `ferry` with `args`, killing it after `deadline`.
+pub fn run_ferry(args: &[&str], deadline: Duration) -> RunOutput {
+    let child = Command::new(ferry_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning ferry");
+    wait_with_deadline(child, deadline)
+}
+
+/// Waits for `child`, killing it at `deadline`, and collects its output.
+pub fn wait_with_deadline(mut child: Child, deadline: Duration) -> RunOutput {
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for ferry") {
+            break status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let status = child.wait().expect("reaping ferry");
+            let out = out_reader.join().unwrap_or_default();
+            let err = err_reader.join().unwrap_or_default();
+            panic!(
+                "ferry did not finish within {deadline:?} ({status})\n--- stdout\n{out}\n--- stderr\n{err}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    RunOutput {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+/// Boots the probe with `cmdline` and extra flags; the exit device is always on.
+pub fn run_probe(cmdline: &str, extra: &[&str], deadline: Duration) -> RunOutput {
+    let probe = probe_bin();
+    let mut args = vec![
+        "run",
+        "--kernel",
+        probe.to_str().expect("utf-8 path"),
+        "--cmdline",
+        cmdline,
+        "--exit-device",
+    ];
+    args.extend_from_slice(extra);
+    run_ferry(&args, deadline)
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "ferry-test-{tag}-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ).replace([' ', ':', '.'], "_"));
+        std::fs::create_dir_all(&path).expect("creating temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,253 @@
+//! Building a VM from a [`VmConfig`]: KVM VM and irqchip, memory, devices, kernel, boot
+//! information and vCPUs, in that order. The result is a [`Vm`] ready to start.
+
+use std::fs::{File, OpenOptions};
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use ferry_api::{SerialOutput as SerialOutputConfig, VmConfig, DEFAULT_CMDLINE};
+use ferry_arch::boot::{self, BootPreference, LoadedInitrd};
+use ferry_arch::cpuid::{filter_cpuid, CpuFeature};
+use ferry_arch::layout::{
+    KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MPTABLE_ADDR, SERIAL_IRQ,
+};
+use ferry_arch::regs::{self, BootProtocol};
+use ferry_arch::{mptable, GuestMemory};
+use ferry_devices::bus::Bus;
+use ferry_devices::legacy::{
+    ExitCode, ExitDevice, Serial, SerialOutput, COM1_PORT, COM_PORT_LEN, I8042, I8042_PORT_BASE,
+    I8042_PORT_LEN,
+};
+use vm_memory::Bytes;
+
+use crate::error::VmmError;
+use crate::event_loop::{SerialInput, Subscriber};
+use crate::kvm::open_kvm;
+use crate::memory::{create_guest_memory, register_memory};
+use crate::metrics::VcpuMetrics;
+use crate::vcpu::{Vcpu, VcpuContext};
+use crate::virtio_devices::{attach_virtio_devices, VirtioDevices};
+
+/// Options of a build that are not part of the guest-visible configuration.
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    pub boot: BootPreference,
+    /// CPUID features to hide from the guest.
+    pub hidden_cpu_features: Vec<CpuFeature>,
+}
+
+/// A built, not yet running VM.
+pub struct BuiltVm {
+    pub kvm: Kvm,
+    pub vm: Arc<VmFd>,
+    pub memory: GuestMemory,
+    pub vcpus: Vec<Vcpu>,
+    pub context: VcpuContext,
+    pub serial: Arc<Mutex<Serial>>,
+    pub subscribers: Vec<Subscriber>,
+    pub virtio: VirtioDevices,
+    pub protocol: BootProtocol,
+}
+
+/// Builds everything; on any error nothing keeps running.
+pub fn build_vm(config: &VmConfig, options: &BuildOptions) -> Result<BuiltVm, VmmError> {
+    let boot_source = config
+        .boot
+        .as_ref()
+        .ok_or_else(|| VmmError::Config("no kernel configured".into()))?;
+    let cpus = config.machine.vcpu_count;
+    if cpus == 0 || cpus > mptable::MAX_CPUS {
+        return Err(VmmError::Config(format!(
+            "vCPU count must be 1 to {}, not {cpus}",
+            mptable::MAX_CPUS
+        )));
+    }
+    // Open user-supplied files first: a typo fails fast, before any KVM work.
+    let mut kernel = File::open(&boot_source.kernel_image_path).map_err(|source| {
+        VmmError::KernelOpen {
+            path: boot_source.kernel_image_path.clone(),
+            source,
+        }
+    })?;
+    let mut initrd = match &boot_source.initrd_path {
+        Some(path) => Some(File::open(path).map_err(|source| VmmError::InitrdOpen {
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    let serial_output = open_serial_output(&config.serial.output)?;
+
+    let kvm = open_kvm()?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?;
+    vm.set_tss_address(KVM_TSS_ADDR as usize)
+        .map_err(|e| VmmError::Kvm("KVM_SET_TSS_ADDR", e))?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+        .map_err(|e| VmmError::Kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
+    vm.create_irq_chip()
+        .map_err(|e| VmmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
+
+    let mem_size = config.machine.mem_size_mib << 20;
+    let memory = create_guest_memory(mem_size)?;
+    register_memory(&vm, &memory, config.machine.track_dirty_pages)?;
+    let vm = Arc::new(vm);
+
+    // Legacy devices.
+    let exit = ExitCode::new().map_err(VmmError::io("creating the exit eventfd"))?;
+    let mut pio = Bus::new();
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::io("serial eventfd"))?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(|e| VmmError::Kvm("KVM_IRQFD (serial)", e))?;
+    let serial = Arc::new(Mutex::new(Serial::new(serial_irq, serial_output)));
+    pio.insert(serial.clone(), u64::from(COM1_PORT), u64::from(COM_PORT_LEN))?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        u64::from(I8042_PORT_BASE),
+        u64::from(I8042_PORT_LEN),
+    )?;
+    if let Some(port) = config.exit_device_port {
+        pio.insert(
+            Arc::new(Mutex::new(ExitDevice::new(exit.clone()))),
+            u64::from(port),
+            1,
+        )?;
+    }
+    let mut subscribers: Vec<Subscriber> = Vec::new();
+    if config.serial.stdin {
+        subscribers.push(Arc::new(Mutex::new(SerialInput::new(serial.clone()))));
+    }
+
+    // virtio devices, announced on the command line.
+    let mut mmio = Bus::new();
+    let virtio = attach_virtio_devices(config, &vm, &memory, &mut mmio)?;
+    subscribers.extend(virtio.subscribers());
+
+    // Kernel, initrd, command line and boot information.
+    let loaded = boot::load_kernel(&memory, &mut kernel, options.boot).map_err(|source| {
+        VmmError::Boot {
+            path: boot_source.kernel_image_path.clone(),
+            source,
+        }
+    })?;
+    let initrd: Option<LoadedInitrd> = match initrd.as_mut() {
+        Some(file) => Some(boot::load_initrd(&memory, file, loaded.end)?),
+        None => None,
+    };
+    let cmdline = build_cmdline(boot_source.boot_args.as_deref(), &virtio.cmdline_entries());
+    boot::write_cmdline(&memory, &cmdline)?;
+    match loaded.protocol {
+        BootProtocol::Pvh => boot::write_pvh_info(&memory, mem_size, cmdline.len(), initrd)?,
+        BootProtocol::Linux64 => boot::write_zero_page(
+            &memory,
+            mem_size,
+            cmdline.len(),
+            loaded.setup_header,
+            initrd,
+        )?,
+    }
+    let mp = mptable::build(MPTABLE_ADDR, cpus)
+        .map_err(|e| VmmError::Config(e.to_string()))?;
+    memory
+        .write_slice(&mp, vm_memory::GuestAddress(MPTABLE_ADDR))
+        .map_err(|e| VmmError::Device(format!("writing the MP table: {e}")))?;
+    regs::write_boot_tables(&memory, loaded.protocol)?;
+
+    // vCPUs.
+    let base_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| VmmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let mut vcpus = Vec::with_capacity(usize::from(cpus));
+    for index in 0..cpus {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|e| VmmError::Kvm("KVM_CREATE_VCPU", e))?;
+        let mut cpuid = base_cpuid.clone();
+        filter_cpuid(&mut cpuid, index, cpus, &options.hidden_cpu_features);
+        fd.set_cpuid2(&cpuid)
+            .map_err(|e| VmmError::Kvm("KVM_SET_CPUID2", e))?;
+        regs::setup_msrs(&fd)?;
+        regs::setup_lint(&fd)?;
+        // Application processors wait for INIT/SIPI; only the BSP gets the boot state.
+        if index == 0 {
+            regs::setup_regs(&fd, loaded.protocol, loaded.entry)?;
+            regs::setup_sregs(&fd, loaded.protocol)?;
+            regs::setup_fpu(&fd)?;
+        }
+        vcpus.push(Vcpu { index, fd });
+    }
+
+    let context = VcpuContext {
+        pio: Arc::new(pio),
+        mmio: Arc::new(mmio),
+        exit,
+        metrics: Arc::new(VcpuMetrics::default()),
+    };
+    Ok(BuiltVm {
+        kvm,
+        vm,
+        memory,
+        vcpus,
+        context,
+        serial,
+        subscribers,
+        virtio,
+        protocol: loaded.protocol,
+    })
+}
+
+/// ferry's defaults, then the virtio devices, then the user's text (last, so it can override).
+pub fn build_cmdline(user: Option<&str>, virtio_entries: &[String]) -> String {
+    let mut cmdline = String::from(DEFAULT_CMDLINE);
+    for entry in virtio_entries {
+        cmdline.push(' ');
+        cmdline.push_str(entry);
+    }
+    if let Some(user) = user.map(str::trim).filter(|u| !u.is_empty()) {
+        cmdline.push(' ');
+        cmdline.push_str(user);
+    }
+    cmdline
+}
+
+fn open_serial_output(output: &SerialOutputConfig) -> Result<SerialOutput, VmmError> {
+    Ok(match output {
+        SerialOutputConfig::Stdio => SerialOutput::stdout(),
+        SerialOutputConfig::None => SerialOutput::Sink,
+        SerialOutputConfig::File(path) => SerialOutput::File(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(VmmError::io(format!("opening serial output file {path}")))?,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_puts_user_text_last() {
+        assert_eq!(build_cmdline(None, &[]), DEFAULT_CMDLINE);
+        let c = build_cmdline(
+            Some("  probe.test=boot "),
+            &["virtio_mmio.device=4K@0xd0000000:5".into()],
+        );
+        assert_eq!(
+            c,
+            format!("{DEFAULT_CMDLINE} virtio_mmio.device=4K@0xd0000000:5 probe.test=boot")
+        );
+    }
+}
