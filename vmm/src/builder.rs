@@ -49,15 +49,27 @@ pub struct BuiltVm {
     pub serial: Arc<Mutex<Serial>>,
     pub subscribers: Vec<Subscriber>,
     pub virtio: VirtioDevices,
-    pub protocol: BootProtocol,
+}
+
+/// How the VM's initial state is produced.
+pub enum BuildMode {
+    /// Load the kernel and set up boot registers.
+    Boot,
+    /// Memory and device/vCPU state will come from a snapshot or a migration stream.
+    Restore,
 }
 
 /// Builds everything; on any error nothing keeps running.
 pub fn build_vm(config: &VmConfig, options: &BuildOptions) -> Result<BuiltVm, VmmError> {
-    let boot_source = config
-        .boot
-        .as_ref()
-        .ok_or_else(|| VmmError::Config("no kernel configured".into()))?;
+    build(config, options, BuildMode::Boot)
+}
+
+/// Builds the VM without loading a kernel, for restoring saved state into it.
+pub fn build_vm_for_restore(config: &VmConfig, options: &BuildOptions) -> Result<BuiltVm, VmmError> {
+    build(config, options, BuildMode::Restore)
+}
+
+fn build(config: &VmConfig, options: &BuildOptions, mode: BuildMode) -> Result<BuiltVm, VmmError> {
     let cpus = config.machine.vcpu_count;
     if cpus == 0 || cpus > mptable::MAX_CPUS {
         return Err(VmmError::Config(format!(
@@ -66,18 +78,9 @@ pub fn build_vm(config: &VmConfig, options: &BuildOptions) -> Result<BuiltVm, Vm
         )));
     }
     // Open user-supplied files first: a typo fails fast, before any KVM work.
-    let mut kernel = File::open(&boot_source.kernel_image_path).map_err(|source| {
-        VmmError::KernelOpen {
-            path: boot_source.kernel_image_path.clone(),
-            source,
-        }
-    })?;
-    let mut initrd = match &boot_source.initrd_path {
-        Some(path) => Some(File::open(path).map_err(|source| VmmError::InitrdOpen {
-            path: path.clone(),
-            source,
-        })?),
-        None => None,
+    let boot_files = match mode {
+        BuildMode::Boot => Some(open_boot_files(config)?),
+        BuildMode::Restore => None,
     };
     let serial_output = open_serial_output(&config.serial.output)?;
 
@@ -133,35 +136,16 @@ pub fn build_vm(config: &VmConfig, options: &BuildOptions) -> Result<BuiltVm, Vm
     let virtio = attach_virtio_devices(config, &vm, &memory, &mut mmio)?;
     subscribers.extend(virtio.subscribers());
 
-    // Kernel, initrd, command line and boot information.
-    let loaded = boot::load_kernel(&memory, &mut kernel, options.boot).map_err(|source| {
-        VmmError::Boot {
-            path: boot_source.kernel_image_path.clone(),
-            source,
-        }
-    })?;
-    let initrd: Option<LoadedInitrd> = match initrd.as_mut() {
-        Some(file) => Some(boot::load_initrd(&memory, file, loaded.end)?),
+    let boot = match boot_files {
+        Some(files) => Some(load_boot(config, options, &memory, files, &virtio)?),
         None => None,
     };
-    let cmdline = build_cmdline(boot_source.boot_args.as_deref(), &virtio.cmdline_entries());
-    boot::write_cmdline(&memory, &cmdline)?;
-    match loaded.protocol {
-        BootProtocol::Pvh => boot::write_pvh_info(&memory, mem_size, cmdline.len(), initrd)?,
-        BootProtocol::Linux64 => boot::write_zero_page(
-            &memory,
-            mem_size,
-            cmdline.len(),
-            loaded.setup_header,
-            initrd,
-        )?,
+    let mp = mptable::build(MPTABLE_ADDR, cpus).map_err(|e| VmmError::Config(e.to_string()))?;
+    if boot.is_some() {
+        memory
+            .write_slice(&mp, vm_memory::GuestAddress(MPTABLE_ADDR))
+            .map_err(|e| VmmError::Device(format!("writing the MP table: {e}")))?;
     }
-    let mp = mptable::build(MPTABLE_ADDR, cpus)
-        .map_err(|e| VmmError::Config(e.to_string()))?;
-    memory
-        .write_slice(&mp, vm_memory::GuestAddress(MPTABLE_ADDR))
-        .map_err(|e| VmmError::Device(format!("writing the MP table: {e}")))?;
-    regs::write_boot_tables(&memory, loaded.protocol)?;
 
     // vCPUs.
     let base_cpuid = kvm
@@ -179,9 +163,9 @@ pub fn build_vm(config: &VmConfig, options: &BuildOptions) -> Result<BuiltVm, Vm
         regs::setup_msrs(&fd)?;
         regs::setup_lint(&fd)?;
         // Application processors wait for INIT/SIPI; only the BSP gets the boot state.
-        if index == 0 {
-            regs::setup_regs(&fd, loaded.protocol, loaded.entry)?;
-            regs::setup_sregs(&fd, loaded.protocol)?;
+        if let (0, Some(boot)) = (index, &boot) {
+            regs::setup_regs(&fd, boot.protocol, boot.entry)?;
+            regs::setup_sregs(&fd, boot.protocol)?;
             regs::setup_fpu(&fd)?;
         }
         vcpus.push(Vcpu { index, fd });
@@ -202,6 +186,80 @@ pub fn build_vm(config: &VmConfig, options: &BuildOptions) -> Result<BuiltVm, Vm
         serial,
         subscribers,
         virtio,
+    })
+}
+
+/// The kernel and initrd, opened.
+struct BootFiles {
+    kernel_path: String,
+    kernel: File,
+    initrd: Option<File>,
+}
+
+fn open_boot_files(config: &VmConfig) -> Result<BootFiles, VmmError> {
+    let source = config
+        .boot
+        .as_ref()
+        .ok_or_else(|| VmmError::Config("no kernel configured".into()))?;
+    let kernel = File::open(&source.kernel_image_path).map_err(|e| VmmError::KernelOpen {
+        path: source.kernel_image_path.clone(),
+        source: e,
+    })?;
+    let initrd = match &source.initrd_path {
+        Some(path) => Some(File::open(path).map_err(|e| VmmError::InitrdOpen {
+            path: path.clone(),
+            source: e,
+        })?),
+        None => None,
+    };
+    Ok(BootFiles {
+        kernel_path: source.kernel_image_path.clone(),
+        kernel,
+        initrd,
+    })
+}
+
+/// Where the BSP starts.
+struct BootEntry {
+    entry: u64,
+    protocol: BootProtocol,
+}
+
+/// Loads kernel and initrd and writes the command line, boot information and boot tables.
+fn load_boot(
+    config: &VmConfig,
+    options: &BuildOptions,
+    memory: &GuestMemory,
+    mut files: BootFiles,
+    virtio: &VirtioDevices,
+) -> Result<BootEntry, VmmError> {
+    let mem_size = config.machine.mem_size_mib << 20;
+    let loaded = boot::load_kernel(memory, &mut files.kernel, options.boot).map_err(|source| {
+        VmmError::Boot {
+            path: files.kernel_path.clone(),
+            source,
+        }
+    })?;
+    let initrd: Option<LoadedInitrd> = match files.initrd.as_mut() {
+        Some(file) => Some(boot::load_initrd(memory, file, loaded.end)?),
+        None => None,
+    };
+    let user_args = config.boot.as_ref().and_then(|b| b.boot_args.as_deref());
+    let cmdline = build_cmdline(user_args, &virtio.cmdline_entries());
+    boot::write_cmdline(memory, &cmdline)?;
+    match loaded.protocol {
+        BootProtocol::Pvh => boot::write_pvh_info(memory, mem_size, cmdline.len(), initrd)?,
+        BootProtocol::Linux64 => boot::write_zero_page(
+            memory,
+            mem_size,
+            cmdline.len(),
+            loaded.setup_header,
+            initrd,
+        )?,
+    }
+    regs::write_boot_tables(memory, loaded.protocol)?;
+    Ok(BootEntry {
+        entry: loaded.entry,
         protocol: loaded.protocol,
     })
 }

@@ -16,12 +16,16 @@ use ferry_api::VmConfig;
 use ferry_arch::GuestMemory;
 use ferry_devices::legacy::{ExitCode, Serial};
 
-use crate::builder::{build_vm, BuildOptions};
+use ferry_devices::persist::Persist;
+
+use crate::builder::{build_vm, build_vm_for_restore, BuildOptions, BuiltVm};
 use crate::error::VmmError;
 use crate::event_loop::EventLoop;
 use crate::metrics::VcpuMetrics;
 use crate::vcpu::{install_kick_handler, VcpuHandle, VcpuRequest, VcpuState};
 use crate::virtio_devices::VirtioDevices;
+use crate::vm_snapshot::{VmSnapshot, SNAPSHOT_VERSION};
+use crate::vm_state::VmKvmState;
 
 /// Where the VM is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,14 +49,36 @@ impl VmState {
 
 /// A VM with its threads.
 struct RunningVm {
-    _vm: Arc<VmFd>,
+    vm: Arc<VmFd>,
     memory: GuestMemory,
     vcpus: Vec<VcpuHandle>,
     _event_loop: EventLoop,
-    _serial: Arc<Mutex<Serial>>,
+    serial: Arc<Mutex<Serial>>,
     exit: Arc<ExitCode>,
     metrics: Arc<VcpuMetrics>,
-    _virtio: VirtioDevices,
+    virtio: VirtioDevices,
+}
+
+impl RunningVm {
+    /// Starts the device thread and the vCPU threads of a built VM.
+    fn start(built: BuiltVm, paused: bool) -> Result<Self, VmmError> {
+        install_kick_handler()?;
+        let event_loop = EventLoop::start(built.subscribers)?;
+        let mut vcpus = Vec::with_capacity(built.vcpus.len());
+        for vcpu in built.vcpus {
+            vcpus.push(vcpu.start(built.context.clone(), paused)?);
+        }
+        Ok(Self {
+            vm: built.vm,
+            memory: built.memory,
+            vcpus,
+            _event_loop: event_loop,
+            serial: built.serial,
+            exit: built.context.exit.clone(),
+            metrics: built.context.metrics.clone(),
+            virtio: built.virtio,
+        })
+    }
 }
 
 /// Owns the configuration and, once started, the VM.
@@ -101,25 +127,106 @@ impl VmController {
     /// Builds and boots the VM.
     pub fn start(&mut self) -> Result<(), VmmError> {
         self.expect(VmState::Configured, "starting the VM")?;
-        install_kick_handler()?;
         let built = build_vm(&self.config, &self.options)?;
-        let event_loop = EventLoop::start(built.subscribers)?;
-        let mut vcpus = Vec::with_capacity(built.vcpus.len());
-        for vcpu in built.vcpus {
-            vcpus.push(vcpu.start(built.context.clone(), false)?);
-        }
-        self.vm = Some(RunningVm {
-            _vm: built.vm,
-            memory: built.memory,
-            vcpus,
-            _event_loop: event_loop,
-            _serial: built.serial,
-            exit: built.context.exit.clone(),
-            metrics: built.context.metrics.clone(),
-            _virtio: built.virtio,
-        });
+        self.vm = Some(RunningVm::start(built, false)?);
         self.state = VmState::Running;
         Ok(())
+    }
+
+    /// Builds a VM from `snapshot`'s configuration (as already adjusted by the caller, e.g. with
+    /// migration maps), lets `fill_memory` load guest memory, applies the saved state and leaves
+    /// the VM paused. The caller resumes it.
+    pub fn restore(
+        snapshot: &VmSnapshot,
+        options: BuildOptions,
+        fill_memory: impl FnOnce(&GuestMemory) -> Result<(), VmmError>,
+    ) -> Result<Self, VmmError> {
+        if snapshot.version != SNAPSHOT_VERSION {
+            return Err(VmmError::Config(format!(
+                "saved state version {} is not supported (this ferry reads version {SNAPSHOT_VERSION})",
+                snapshot.version
+            )));
+        }
+        let built = build_vm_for_restore(&snapshot.config, &options)?;
+        fill_memory(&built.memory)?;
+        let mut controller = Self::prepare_restore(snapshot.config.clone(), options, built)?;
+        controller.apply_snapshot(snapshot)?;
+        Ok(controller)
+    }
+
+    /// Builds an empty VM for `config` whose memory and state will be restored later (migration
+    /// receives memory over many rounds before the state arrives). The VM starts paused.
+    pub fn prepare_restore(
+        config: VmConfig,
+        options: BuildOptions,
+        built: BuiltVm,
+    ) -> Result<Self, VmmError> {
+        let vm = RunningVm::start(built, true)?;
+        Ok(Self {
+            config,
+            options,
+            state: VmState::Paused,
+            vm: Some(vm),
+        })
+    }
+
+    /// Applies a saved state to a paused VM built for it.
+    pub fn apply_snapshot(&mut self, snapshot: &VmSnapshot) -> Result<(), VmmError> {
+        self.expect(VmState::Paused, "restoring state")?;
+        let vm = self.running()?;
+        if snapshot.vcpus.len() != vm.vcpus.len() {
+            return Err(VmmError::Config(format!(
+                "the saved state has {} vCPUs, this VM has {}",
+                snapshot.vcpus.len(),
+                vm.vcpus.len()
+            )));
+        }
+        snapshot.kvm.restore(&vm.vm)?;
+        for (handle, state) in vm.vcpus.iter().zip(&snapshot.vcpus) {
+            handle.restore(state.clone_state())?;
+        }
+        vm.serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restore_state(&snapshot.serial)
+            .map_err(|e| VmmError::Device(e.to_string()))?;
+        vm.virtio.restore(&snapshot.virtio)?;
+        Ok(())
+    }
+
+    /// Captures the whole VM state except memory; the VM must be paused.
+    pub fn save_snapshot(&self) -> Result<VmSnapshot, VmmError> {
+        self.expect(VmState::Paused, "saving the VM state")?;
+        let vm = self.running()?;
+        Ok(VmSnapshot {
+            version: SNAPSHOT_VERSION,
+            config: self.config.clone(),
+            vcpus: self.save_vcpus()?,
+            kvm: VmKvmState::save(&vm.vm)?,
+            serial: vm.serial.lock().unwrap_or_else(|p| p.into_inner()).save_state(),
+            virtio: vm.virtio.save(),
+        })
+    }
+
+    /// The KVM VM, for dirty-page logging.
+    pub fn vm_fd(&self) -> Option<&Arc<VmFd>> {
+        self.vm.as_ref().map(|vm| &vm.vm)
+    }
+
+    /// The virtio devices (for resize, announce, quiesce).
+    pub fn virtio(&self) -> Option<&VirtioDevices> {
+        self.vm.as_ref().map(|vm| &vm.virtio)
+    }
+
+    /// The exit signal of the running VM.
+    pub fn exit_code(&self) -> Option<&Arc<ExitCode>> {
+        self.vm.as_ref().map(|vm| &vm.exit)
+    }
+
+    /// Ends the controller's VM after a successful migration: the destination owns the guest now.
+    pub fn forget_migrated(&mut self) {
+        self.stop();
+        self.vm = None;
     }
 
     fn running(&self) -> Result<&RunningVm, VmmError> {

@@ -13,7 +13,10 @@ pub mod event_loop;
 pub mod kvm;
 pub mod memory;
 pub mod metrics;
+pub mod migration;
 pub mod vcpu;
 pub mod virtio_devices;
+pub mod vm_snapshot;
+pub mod vm_state;
 
 pub use error::VmmError;

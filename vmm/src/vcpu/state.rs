@@ -52,6 +52,27 @@ pub struct VcpuState {
 type KvmResult<T> = Result<T, kvm_ioctls::Error>;
 
 impl VcpuState {
+    /// A deep copy (the KVM structs are not `Clone`, but they are plain data).
+    pub fn clone_state(&self) -> Self {
+        // SAFETY: kvm_xsave is plain data; a bitwise copy is a valid value.
+        let xsave = self
+            .xsave
+            .as_ref()
+            .map(|x| unsafe { std::ptr::read(x as *const kvm_xsave) });
+        Self {
+            regs: self.regs,
+            sregs: self.sregs,
+            fpu: self.fpu.clone(),
+            xsave,
+            xcrs: self.xcrs,
+            lapic: self.lapic,
+            mp_state: self.mp_state,
+            events: self.events,
+            debug_regs: self.debug_regs,
+            msrs: self.msrs.clone(),
+        }
+    }
+
     /// Reads the state of a vCPU that is not running.
     pub fn save(fd: &VcpuFd) -> KvmResult<Self> {
         let fpu = fd.get_fpu()?;
