@@ -3,11 +3,13 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use ferry_api::{BootSource, MachineConfig, SerialConfig, SerialOutput, VmConfig};
+use ferry_api::{BootSource, MachineConfig, NetBackendConfig, SerialConfig, SerialOutput, VmConfig};
 use ferry_arch::boot::BootPreference;
 use ferry_arch::cpuid::{feature_by_name, CpuFeature, HIDEABLE_FEATURES};
 
 use crate::builder::BuildOptions;
+use crate::migration::destination::ReceiveMaps;
+use crate::migration::MigrationUrl;
 
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about = "A virtual machine monitor on Linux KVM")]
@@ -18,8 +20,38 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Boot a guest and run it until it exits.
+    /// Boot a guest (or restore a snapshot) and run it until it exits.
     Run(RunArgs),
+    /// Wait for one incoming live migration and run the guest it brings.
+    Receive(ReceiveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// Where to listen: tcp:HOST:PORT or unix:PATH.
+    #[arg(long, value_name = "URL", value_parser = parse_migration_url)]
+    pub listen: MigrationUrl,
+    /// Replace drive ID's host path on this host (file, block device or iscsi:// URL).
+    #[arg(long = "disk-map", value_name = "ID=PATH", value_parser = parse_disk_map)]
+    pub disk_maps: Vec<(String, String)>,
+    /// Replace interface ID's backend on this host: ID=macvtap:NAME or ID=tap:NAME.
+    #[arg(long = "net-map", value_name = "ID=KIND:NAME", value_parser = parse_net_map)]
+    pub net_maps: Vec<(String, NetBackendConfig)>,
+    /// This host's serial console (the source's is not reused).
+    #[arg(long, value_name = "stdio|file=PATH|none", value_parser = parse_serial)]
+    pub serial: Option<SerialOutput>,
+    /// Log level on stderr: off, error, warn, info, debug, trace.
+    #[arg(long, default_value = "warn", value_name = "LEVEL", value_parser = parse_log_level)]
+    pub log_level: log::LevelFilter,
+}
+
+impl ReceiveArgs {
+    pub fn receive_maps(&self) -> ReceiveMaps {
+        ReceiveMaps {
+            disks: self.disk_maps.iter().cloned().collect(),
+            nets: self.net_maps.iter().cloned().collect(),
+        }
+    }
 }
 
 /// How the kernel is entered.
@@ -37,8 +69,11 @@ pub enum BootArg {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Kernel to boot: ELF vmlinux (with or without PVH note) or bzImage.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: String,
+    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    pub kernel: Option<String>,
+    /// Restore the snapshot in DIR (written by `ferry ctl snapshot`) instead of booting.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline"])]
+    pub restore: Option<String>,
     /// Initial ramdisk.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<String>,
@@ -74,28 +109,15 @@ pub struct RunArgs {
 impl RunArgs {
     /// The VM configuration and build options these flags describe.
     pub fn to_config(&self, stdin_is_terminal: bool) -> (VmConfig, BuildOptions) {
-        let serial = match &self.serial {
-            None => SerialConfig {
-                output: SerialOutput::Stdio,
-                stdin: stdin_is_terminal,
-            },
-            Some(SerialOutput::Stdio) => SerialConfig {
-                output: SerialOutput::Stdio,
-                stdin: true,
-            },
-            Some(other) => SerialConfig {
-                output: other.clone(),
-                stdin: false,
-            },
-        };
+        let serial = serial_config(self.serial.as_ref(), stdin_is_terminal);
         let config = VmConfig {
             machine: MachineConfig {
                 vcpu_count: self.cpus,
                 mem_size_mib: self.memory,
                 ..Default::default()
             },
-            boot: Some(BootSource {
-                kernel_image_path: self.kernel.clone(),
+            boot: self.kernel.as_ref().map(|kernel| BootSource {
+                kernel_image_path: kernel.clone(),
                 initrd_path: self.initrd.clone(),
                 boot_args: self.cmdline.clone(),
             }),
@@ -114,6 +136,50 @@ impl RunArgs {
         };
         (config, options)
     }
+}
+
+/// The console for a `--serial` value: stdout by default, stdin read on a terminal or when
+/// `stdio` is explicit.
+pub fn serial_config(flag: Option<&SerialOutput>, stdin_is_terminal: bool) -> SerialConfig {
+    match flag {
+        None => SerialConfig {
+            output: SerialOutput::Stdio,
+            stdin: stdin_is_terminal,
+        },
+        Some(SerialOutput::Stdio) => SerialConfig {
+            output: SerialOutput::Stdio,
+            stdin: true,
+        },
+        Some(other) => SerialConfig {
+            output: other.clone(),
+            stdin: false,
+        },
+    }
+}
+
+fn parse_migration_url(text: &str) -> Result<MigrationUrl, String> {
+    text.parse()
+}
+
+fn parse_disk_map(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((id, path)) if !id.is_empty() && !path.is_empty() => Ok((id.into(), path.into())),
+        _ => Err(format!("'{text}': expected ID=PATH")),
+    }
+}
+
+fn parse_net_map(text: &str) -> Result<(String, NetBackendConfig), String> {
+    let err = || format!("'{text}': expected ID=macvtap:NAME or ID=tap:NAME");
+    let (id, backend) = text.split_once('=').ok_or_else(err)?;
+    let backend = match backend.split_once(':') {
+        Some(("macvtap", name)) if !name.is_empty() => NetBackendConfig::Macvtap(name.into()),
+        Some(("tap", name)) if !name.is_empty() => NetBackendConfig::Tap(name.into()),
+        _ => return Err(err()),
+    };
+    if id.is_empty() {
+        return Err(err());
+    }
+    Ok((id.into(), backend))
 }
 
 /// Parses `512M`, `1G`, `262144K` or a bare number of MiB into MiB.
@@ -183,6 +249,7 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Run(run) => run,
+            Command::Receive(_) => panic!("not a run command"),
         })
     }
 
@@ -235,6 +302,35 @@ mod tests {
         assert!(run_args(&["--cpus", "1"]).is_err(), "--kernel is required");
         let err = run_args(&["--kernel", "k", "--log-level", "loud"]).unwrap_err();
         assert!(err.to_string().contains("expected off"));
+    }
+
+    #[test]
+    fn receive_flags() {
+        let cli = Cli::try_parse_from([
+            "ferry", "receive", "--listen", "tcp:127.0.0.1:7000", "--disk-map", "root=/dev/vg/a",
+            "--net-map", "eth0=macvtap:mvt1",
+        ])
+        .unwrap();
+        let Command::Receive(args) = cli.command else {
+            panic!("expected receive");
+        };
+        assert_eq!(args.listen, MigrationUrl::Tcp("127.0.0.1:7000".into()));
+        let maps = args.receive_maps();
+        assert_eq!(maps.disks.get("root").map(String::as_str), Some("/dev/vg/a"));
+        assert_eq!(maps.nets.get("eth0"), Some(&NetBackendConfig::Macvtap("mvt1".into())));
+        for bad in [["--net-map", "eth0=bridge:br0"], ["--disk-map", "=x"], ["--listen", "udp:1"]] {
+            let mut argv = vec!["ferry", "receive", "--listen", "unix:/tmp/x"];
+            argv.extend_from_slice(&bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn restore_replaces_kernel() {
+        let args = run_args(&["--restore", "/snap"]).unwrap();
+        assert_eq!(args.restore.as_deref(), Some("/snap"));
+        assert!(args.to_config(false).0.boot.is_none());
+        assert!(run_args(&["--restore", "/snap", "--kernel", "k"]).is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod kvm;
 pub mod memory;
 pub mod metrics;
 pub mod migration;
+pub mod snapshot;
 pub mod vcpu;
 pub mod virtio_devices;
 pub mod vm_snapshot;

@@ -1,0 +1,139 @@
+//! Snapshots to a directory: `state.json` (the same [`VmSnapshot`] migration sends) and `memory`
+//! (guest RAM, regions back to back, sparse: zero pages are holes). Restoring reads only the data
+//! extents of the memory file.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+use ferry_arch::GuestMemory;
+
+use crate::builder::BuildOptions;
+use crate::controller::{VmController, VmState};
+use crate::vm_snapshot::VmSnapshot;
+use crate::VmmError;
+
+pub const STATE_FILE: &str = "state.json";
+pub const MEMORY_FILE: &str = "memory";
+const PAGE: usize = 4096;
+
+/// Writes a snapshot of the controller's VM into `dir`. The VM is paused while saving and resumed
+/// afterwards unless `keep_paused`.
+pub fn create(controller: &mut VmController, dir: &Path, keep_paused: bool) -> Result<(), VmmError> {
+    let was_running = controller.state() == VmState::Running;
+    if was_running {
+        controller.pause()?;
+    }
+    let result = write_snapshot(controller, dir);
+    if was_running && !keep_paused {
+        controller.resume()?;
+    }
+    result
+}
+
+fn write_snapshot(controller: &VmController, dir: &Path) -> Result<(), VmmError> {
+    std::fs::create_dir_all(dir).map_err(VmmError::io(format!("creating {}", dir.display())))?;
+    let snapshot = controller.save_snapshot()?;
+    let memory = controller.memory().ok_or(VmmError::InvalidState {
+        state: "not started",
+        action: "a snapshot",
+    })?;
+    let state_path = dir.join(STATE_FILE);
+    let file = File::create(&state_path)
+        .map_err(VmmError::io(format!("creating {}", state_path.display())))?;
+    let mut out = BufWriter::new(file);
+    serde_json::to_writer(&mut out, &snapshot)
+        .map_err(|e| VmmError::Device(format!("writing the VM state: {e}")))?;
+    out.flush()
+        .map_err(VmmError::io(format!("writing {}", state_path.display())))?;
+    write_memory(memory, &dir.join(MEMORY_FILE))
+}
+
+fn write_memory(memory: &GuestMemory, path: &Path) -> Result<(), VmmError> {
+    let io = || VmmError::io(format!("writing {}", path.display()));
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io())?;
+    let mut offset = 0u64;
+    for region in memory.iter() {
+        let base = region.as_ptr();
+        let len = region.len() as usize;
+        let mut page = 0;
+        while page < len {
+            // SAFETY: inside the region's mapping; the VM is paused.
+            let data = unsafe { std::slice::from_raw_parts(base.add(page), PAGE) };
+            if data.iter().any(|&b| b != 0) {
+                file.write_all_at(data, offset + page as u64).map_err(io())?;
+            }
+            page += PAGE;
+        }
+        offset += len as u64;
+    }
+    file.set_len(offset).map_err(io())?;
+    file.sync_all().map_err(io())
+}
+
+/// Reads `dir`'s state file.
+pub fn read_state(dir: &Path) -> Result<VmSnapshot, VmmError> {
+    let path = dir.join(STATE_FILE);
+    let file = File::open(&path).map_err(VmmError::io(format!("opening {}", path.display())))?;
+    serde_json::from_reader(std::io::BufReader::new(file))
+        .map_err(|e| VmmError::Config(format!("{} is not a ferry VM state: {e}", path.display())))
+}
+
+/// Builds a paused VM from the snapshot in `dir`.
+pub fn restore(dir: &Path, snapshot: &VmSnapshot, options: BuildOptions) -> Result<VmController, VmmError> {
+    let path = dir.join(MEMORY_FILE);
+    let file = File::open(&path).map_err(VmmError::io(format!("opening {}", path.display())))?;
+    VmController::restore(snapshot, options, |memory| read_memory(memory, &file, &path))
+}
+
+fn read_memory(memory: &GuestMemory, file: &File, path: &Path) -> Result<(), VmmError> {
+    let io = || VmmError::io(format!("reading {}", path.display()));
+    let total: u64 = memory.iter().map(|r| r.len()).sum();
+    let size = file.metadata().map_err(io())?.len();
+    if size != total {
+        return Err(VmmError::Config(format!(
+            "{} holds {size} bytes but the VM has {total} bytes of memory",
+            path.display()
+        )));
+    }
+    let mut offset = 0u64;
+    for region in memory.iter() {
+        let len = region.len();
+        // SAFETY: the whole region is our private mapping; the VM has not run yet.
+        let dst = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len as usize) };
+        let mut pos = 0u64;
+        while pos < len {
+            let Some((data, hole)) = next_extent(file, offset + pos, offset + len) else {
+                break;
+            };
+            let start = (data - offset) as usize;
+            let end = (hole - offset) as usize;
+            file.read_exact_at(&mut dst[start..end], data).map_err(io())?;
+            pos = hole - offset;
+        }
+        offset += len;
+    }
+    Ok(())
+}
+
+/// The next data extent `[data, hole)` at or after `from`, clipped to `limit`.
+fn next_extent(file: &File, from: u64, limit: u64) -> Option<(u64, u64)> {
+    let fd = file.as_raw_fd();
+    // SAFETY: lseek on our own fd; errors (ENXIO past the last data) end the walk.
+    let data = unsafe { libc::lseek(fd, from as libc::off_t, libc::SEEK_DATA) };
+    if data < 0 || data as u64 >= limit {
+        return None;
+    }
+    let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+    let hole = if hole < 0 { limit } else { (hole as u64).min(limit) };
+    Some((data as u64, hole))
+}
