@@ -24,6 +24,8 @@ pub enum Command {
     Run(RunArgs),
     /// Wait for one incoming live migration and run the guest it brings.
     Receive(ReceiveArgs),
+    /// Control a running ferry through its API socket.
+    Ctl(ferry_api::CtlArgs),
 }
 
 #[derive(Debug, Args)]
@@ -37,6 +39,9 @@ pub struct ReceiveArgs {
     /// Replace interface ID's backend on this host: ID=macvtap:NAME or ID=tap:NAME.
     #[arg(long = "net-map", value_name = "ID=KIND:NAME", value_parser = parse_net_map)]
     pub net_maps: Vec<(String, NetBackendConfig)>,
+    /// Serve the HTTP API on this Unix socket once the guest runs here.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<String>,
     /// This host's serial console (the source's is not reused).
     #[arg(long, value_name = "stdio|file=PATH|none", value_parser = parse_serial)]
     pub serial: Option<SerialOutput>,
@@ -69,7 +74,7 @@ pub enum BootArg {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Kernel to boot: ELF vmlinux (with or without PVH note) or bzImage.
-    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["restore", "api_socket"])]
     pub kernel: Option<String>,
     /// Restore the snapshot in DIR (written by `ferry ctl snapshot`) instead of booting.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline"])]
@@ -101,6 +106,10 @@ pub struct RunArgs {
     /// CPUID features to hide from the guest, comma-separated (e.g. `avx512f,avx2`).
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_cpu_feature)]
     pub cpu_hide: Vec<&'static CpuFeature>,
+    /// Serve the HTTP API on this Unix socket. Without --kernel/--restore, wait to be configured
+    /// through it.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<String>,
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", value_name = "LEVEL", value_parser = parse_log_level)]
     pub log_level: log::LevelFilter,
@@ -249,7 +258,7 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Run(run) => run,
-            Command::Receive(_) => panic!("not a run command"),
+            _ => panic!("not a run command"),
         })
     }
 

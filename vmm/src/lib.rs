@@ -5,6 +5,7 @@
 //! * [`vcpu`] runs one thread per vCPU; [`event_loop`] runs the device thread.
 //! * [`cli`] is the `ferry` command line.
 
+pub mod api_server;
 pub mod builder;
 pub mod cli;
 pub mod controller;

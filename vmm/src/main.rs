@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
+use ferry_vmm::api_server::ApiService;
 use ferry_vmm::builder::BuildOptions;
 use ferry_vmm::cli::{serial_config, Cli, Command, ReceiveArgs, RunArgs};
 use ferry_vmm::controller::VmController;
@@ -20,6 +22,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Receive(args) => receive(args),
+        Command::Ctl(args) => ctl(args),
     };
     match result {
         Ok(status) => ExitCode::from(status),
@@ -45,25 +48,51 @@ fn run(args: RunArgs) -> Result<u8, VmmError> {
     } else {
         None
     };
+    let booting = args.kernel.is_some() || args.restore.is_some();
     let mut controller = match &args.restore {
         Some(dir) => {
             let dir = Path::new(dir);
-            let mut saved = snapshot::read_state(dir)?;
+            let mut saved = snapshot::read_state(&dir.join(snapshot::STATE_FILE))?;
             // This invocation's console, not the one the snapshot was taken with.
             saved.config.serial = config.serial.clone();
-            let mut controller = snapshot::restore(dir, &saved, options)?;
+            let mut controller =
+                snapshot::restore(&dir.join(snapshot::MEMORY_FILE), &saved, options)?;
             controller.resume()?;
             controller
         }
         None => {
             let mut controller = VmController::new(config, options);
-            controller.start()?;
+            if booting {
+                controller.start()?;
+            }
             controller
         }
     };
-    let status = controller.wait_for_exit()?;
+    let status = match &args.api_socket {
+        Some(socket) => serve_api(socket, controller)?,
+        None => exit_status(controller.wait_for_exit()?),
+    };
     drop(raw_terminal);
-    Ok(exit_status(status))
+    Ok(status)
+}
+
+/// Serves the API until the guest exits or migrates away.
+fn serve_api(socket: &str, controller: VmController) -> Result<u8, VmmError> {
+    let controller = Arc::new(Mutex::new(controller));
+    let mut service = ApiService::start(Path::new(socket), controller)?;
+    service.run()
+}
+
+fn ctl(args: ferry_api::CtlArgs) -> Result<u8, VmmError> {
+    match ferry_api::run_ctl(&args.api_socket, args.command, args.json) {
+        Ok(text) => {
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            Ok(0)
+        }
+        Err(e) => Err(VmmError::Device(e.to_string())),
+    }
 }
 
 /// Statuses outside 0..=255 cannot come from the guest; clamp defensively.
@@ -81,6 +110,8 @@ fn receive(args: ReceiveArgs) -> Result<u8, VmmError> {
     };
     let mut controller = receive_migration(&args.listen, options)
         .map_err(|e| VmmError::Device(format!("incoming migration failed: {e}")))?;
-    let status = controller.wait_for_exit()?;
-    Ok(exit_status(status))
+    match &args.api_socket {
+        Some(socket) => serve_api(socket, controller),
+        None => Ok(exit_status(controller.wait_for_exit()?)),
+    }
 }

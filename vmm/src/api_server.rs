@@ -1,0 +1,354 @@
+//! Serving the HTTP API: the API thread (ferry-api) validates requests and forwards them over a
+//! channel; this module answers them on the main thread, which owns the [`VmController`]. vCPU
+//! and device threads never wait on the API.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use ferry_api::{
+    ActionType, ApiRequest, ApiResponse, ChannelHandler, FullVmConfiguration, InstanceInfo,
+    InstanceState, MigrationState, MigrationStatus, PendingRequest,
+};
+
+use crate::builder::BuildOptions;
+use crate::controller::{VmController, VmState};
+use crate::migration::source::migrate;
+use crate::migration::{MigrationPhase, MigrationProgress, MigrationUrl, SendOptions};
+use crate::{snapshot, VmmError};
+
+/// Process exit status when a migration ended in doubt (see docs/migration.md).
+pub const EXIT_IN_DOUBT: u8 = 3;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The main thread's side of the API.
+pub struct ApiService {
+    controller: Arc<Mutex<VmController>>,
+    requests: Receiver<PendingRequest>,
+    wake: Arc<EventFd>,
+    migration: Arc<Mutex<MigrationProgress>>,
+    /// Set by a finished migration: the process exits with this status.
+    finished: Arc<Mutex<Option<u8>>>,
+    metrics_path: Option<String>,
+    _server: ferry_api::ApiServerHandle,
+}
+
+impl ApiService {
+    /// Binds the socket and starts the API thread.
+    pub fn start(socket: &Path, controller: Arc<Mutex<VmController>>) -> Result<Self, VmmError> {
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::io("API eventfd"))?);
+        let waker = wake.clone();
+        let (handler, requests) = ChannelHandler::new(move || {
+            let _ = waker.write(1);
+        });
+        let server = ferry_api::serve(socket, Arc::new(handler))
+            .map_err(|e| VmmError::Config(e.to_string()))?;
+        Ok(Self {
+            controller,
+            requests,
+            wake,
+            migration: Arc::new(Mutex::new(MigrationProgress::default())),
+            finished: Arc::new(Mutex::new(None)),
+            metrics_path: None,
+            _server: server,
+        })
+    }
+
+    /// Serves requests until the guest exits or a migration hands it over; returns the status.
+    pub fn run(&mut self) -> Result<u8, VmmError> {
+        loop {
+            if let Some(status) = *lock(&self.finished) {
+                return Ok(status);
+            }
+            let exit = lock(&self.controller).exit_code().cloned();
+            if let Some(code) = exit.as_ref().and_then(|e| e.get()) {
+                lock(&self.controller).stop();
+                return Ok(u8::try_from(code).unwrap_or(1));
+            }
+            let mut fds = vec![libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            if let Some(exit) = &exit {
+                fds.push(libc::pollfd {
+                    fd: exit.eventfd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            // A bounded wait so a migration that finishes is noticed even without a request.
+            // SAFETY: valid pollfd array of the given length.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
+            let _ = self.wake.read();
+            while let Ok(pending) = self.requests.try_recv() {
+                let response = self.handle(pending.request.clone());
+                pending.respond(response);
+            }
+        }
+    }
+
+    fn handle(&mut self, request: ApiRequest) -> ApiResponse {
+        match self.dispatch(request) {
+            Ok(response) => response,
+            Err(e) => ApiResponse::bad_request(e.to_string()),
+        }
+    }
+
+    fn dispatch(&mut self, request: ApiRequest) -> Result<ApiResponse, VmmError> {
+        let mut c = lock(&self.controller);
+        Ok(match request {
+            ApiRequest::GetInstanceInfo => {
+                let state = match c.state() {
+                    VmState::Configured => InstanceState::NotStarted,
+                    VmState::Running => InstanceState::Running,
+                    VmState::Paused | VmState::Stopped => InstanceState::Paused,
+                };
+                ApiResponse::json(&InstanceInfo::new("ferry", state))
+            }
+            ApiRequest::GetMachineConfig => ApiResponse::json(&c.config().machine),
+            ApiRequest::PutMachineConfig(machine) => {
+                c.config_mut("changing the machine configuration after boot")?.machine = machine;
+                ApiResponse::NoContent
+            }
+            ApiRequest::PatchMachineConfig(update) => {
+                let config = c.config_mut("changing the machine configuration after boot")?;
+                config.machine = update.apply(&config.machine).map_err(VmmError::Config)?;
+                ApiResponse::NoContent
+            }
+            ApiRequest::PutBootSource(boot) => {
+                c.config_mut("changing the boot source after boot")?.boot = Some(boot);
+                ApiResponse::NoContent
+            }
+            ApiRequest::PutDrive(drive) => {
+                let config = c.config_mut("adding drives after boot")?;
+                let drive = drive.to_config();
+                match config.drives.iter_mut().find(|d| d.drive_id == drive.drive_id) {
+                    Some(existing) => *existing = drive,
+                    None => config.drives.push(drive),
+                }
+                ApiResponse::NoContent
+            }
+            ApiRequest::PatchDrive(patch) => {
+                if c.state() == VmState::Configured {
+                    return Err(VmmError::Config(
+                        "PATCH /drives is for a running VM; use PUT before boot".into(),
+                    ));
+                }
+                if patch.path_on_host.is_none() && patch.rate_limiter.is_some() {
+                    return Err(VmmError::Config("rate limiters are not supported by ferry".into()));
+                }
+                let virtio = c.virtio().ok_or(VmmError::InvalidState {
+                    state: "stopped",
+                    action: "resizing a drive",
+                })?;
+                virtio.resize_drive(&patch.drive_id, patch.path_on_host.as_deref())?;
+                ApiResponse::NoContent
+            }
+            ApiRequest::PutNetworkInterface(iface) => {
+                let config = c.config_mut("adding network interfaces after boot")?;
+                let net = iface.to_config();
+                match config.nets.iter_mut().find(|n| n.iface_id == net.iface_id) {
+                    Some(existing) => *existing = net,
+                    None => config.nets.push(net),
+                }
+                ApiResponse::NoContent
+            }
+            ApiRequest::PatchNetworkInterface(_) => {
+                return Err(VmmError::Config("rate limiters are not supported by ferry".into()))
+            }
+            ApiRequest::Action(ActionType::InstanceStart) => {
+                c.start()?;
+                ApiResponse::NoContent
+            }
+            ApiRequest::Action(ActionType::SendCtrlAltDel) => {
+                // ferry's i8042 has no keyboard: power the guest off instead.
+                let exit = c.exit_code().cloned().ok_or(VmmError::InvalidState {
+                    state: c.state().name(),
+                    action: "a shutdown",
+                })?;
+                exit.request(0);
+                ApiResponse::NoContent
+            }
+            ApiRequest::Action(ActionType::FlushMetrics) => {
+                if let Some(path) = &self.metrics_path {
+                    let text = self.metrics_text(&c);
+                    std::fs::write(path, text).map_err(VmmError::io(format!("writing {path}")))?;
+                }
+                ApiResponse::NoContent
+            }
+            ApiRequest::PatchVm(ferry_api::VmState::Paused) => {
+                c.pause()?;
+                ApiResponse::NoContent
+            }
+            ApiRequest::PatchVm(ferry_api::VmState::Resumed) => {
+                c.resume()?;
+                ApiResponse::NoContent
+            }
+            ApiRequest::GetVmConfig => ApiResponse::json(&FullVmConfiguration::from_config(c.config())),
+            ApiRequest::SnapshotCreate(req) => {
+                snapshot::create(&c, Path::new(&req.snapshot_path), Path::new(&req.mem_file_path))?;
+                ApiResponse::NoContent
+            }
+            ApiRequest::SnapshotLoad(req) => {
+                if c.state() != VmState::Configured {
+                    return Err(VmmError::InvalidState {
+                        state: c.state().name(),
+                        action: "loading a snapshot (only before boot)",
+                    });
+                }
+                let mut saved = snapshot::read_state(Path::new(&req.snapshot_path))?;
+                saved.config.serial = c.config().serial.clone();
+                saved.config.machine.track_dirty_pages |= req.track_dirty_pages;
+                let mut restored =
+                    snapshot::restore(Path::new(&req.mem_file_path), &saved, BuildOptions::default())?;
+                if req.resume_vm {
+                    restored.resume()?;
+                }
+                *c = restored;
+                ApiResponse::NoContent
+            }
+            ApiRequest::PutLogger(logger) => {
+                if let Some(level) = logger.level {
+                    log::set_max_level(level_filter(level));
+                }
+                if let Some(path) = &logger.log_path {
+                    redirect_stderr(path)?;
+                }
+                ApiResponse::NoContent
+            }
+            ApiRequest::PutMetrics(metrics) => {
+                self.metrics_path = Some(metrics.metrics_path);
+                ApiResponse::NoContent
+            }
+            ApiRequest::MigrationSend(req) => {
+                if lock(&self.migration).state == MigrationPhase::Active {
+                    return Err(VmmError::Config("a migration is already running".into()));
+                }
+                let url: MigrationUrl = req
+                    .destination_url
+                    .parse()
+                    .map_err(VmmError::Config)?;
+                if c.state() != VmState::Running {
+                    return Err(VmmError::InvalidState {
+                        state: c.state().name(),
+                        action: "migrating",
+                    });
+                }
+                let options = SendOptions {
+                    downtime_ms: req.downtime_ms,
+                    max_iterations: req.max_iterations,
+                    verify: req.verify,
+                    force_switchover: req.force_switchover,
+                    auto_converge: req.auto_converge,
+                };
+                drop(c);
+                self.spawn_migration(url, options)?;
+                ApiResponse::NoContent
+            }
+            ApiRequest::MigrationReceive(_) => {
+                return Err(VmmError::Config(
+                    "use `ferry receive --listen URL --api-socket PATH` to receive a migration".into(),
+                ))
+            }
+            ApiRequest::GetMigration => ApiResponse::json(&self.migration_status()),
+            ApiRequest::GetMetrics => ApiResponse::Text(self.metrics_text(&c)),
+        })
+    }
+
+    fn spawn_migration(&self, url: MigrationUrl, options: SendOptions) -> Result<(), VmmError> {
+        let controller = self.controller.clone();
+        let progress = self.migration.clone();
+        let finished = self.finished.clone();
+        let wake = self.wake.clone();
+        lock(&progress).state = MigrationPhase::Active;
+        std::thread::Builder::new()
+            .name("ferry_migration".into())
+            .spawn(move || {
+                let result = migrate(&controller, &url, &options, &progress);
+                let status = match &result {
+                    Ok(summary) => {
+                        log::info!("migration to {url} completed: {summary:?}");
+                        Some(0)
+                    }
+                    Err(crate::migration::MigrationError::InDoubt(e)) => {
+                        log::error!("migration in doubt: {e}");
+                        Some(EXIT_IN_DOUBT)
+                    }
+                    Err(e) => {
+                        log::error!("migration to {url} failed; the guest keeps running here: {e}");
+                        None
+                    }
+                };
+                if let Some(status) = status {
+                    // Let pollers of GET /migration see the final state before the socket goes.
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    *lock(&finished) = Some(status);
+                    let _ = wake.write(1);
+                }
+            })
+            .map_err(VmmError::io("spawning the migration thread"))?;
+        Ok(())
+    }
+
+    fn migration_status(&self) -> MigrationStatus {
+        let p = lock(&self.migration).clone();
+        let state = match p.state {
+            MigrationPhase::None => MigrationState::Idle,
+            MigrationPhase::Active => MigrationState::Sending,
+            MigrationPhase::Completed => MigrationState::Migrated,
+            MigrationPhase::Failed => MigrationState::Failed,
+            MigrationPhase::InDoubt => MigrationState::InDoubt,
+        };
+        let finished = state.is_final() && state != MigrationState::Idle;
+        MigrationStatus {
+            state,
+            round: p.round,
+            bytes_sent: p.bytes_sent,
+            dirty_rate_mib_s: p.dirty_rate_mib_s,
+            bandwidth_mib_s: p.bandwidth_mib_s,
+            expected_downtime_ms: p.expected_downtime_ms,
+            total_ms: finished.then_some(p.total_ms),
+            downtime_ms: (state == MigrationState::Migrated).then_some(p.downtime_ms),
+            error: p.error,
+        }
+    }
+
+    fn metrics_text(&self, c: &VmController) -> String {
+        crate::metrics::prometheus_text(c, &lock(&self.migration))
+    }
+}
+
+fn level_filter(level: ferry_api::LogLevel) -> log::LevelFilter {
+    use ferry_api::LogLevel::*;
+    match level {
+        Off => log::LevelFilter::Off,
+        Error => log::LevelFilter::Error,
+        Warning => log::LevelFilter::Warn,
+        Info => log::LevelFilter::Info,
+        Debug => log::LevelFilter::Debug,
+        Trace => log::LevelFilter::Trace,
+    }
+}
+
+/// Points stderr (where ferry logs) at `path`, appending.
+fn redirect_stderr(path: &str) -> Result<(), VmmError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(VmmError::io(format!("opening log file {path}")))?;
+    // SAFETY: dup2 onto fd 2 with a valid open fd.
+    if unsafe { libc::dup2(file.as_raw_fd(), 2) } < 0 {
+        return Err(VmmError::io(format!("redirecting the log to {path}"))(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
