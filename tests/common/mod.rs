@@ -163,3 +163,121 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A ferry process running in the background (a guest with an API socket, or `ferry receive`),
+/// with its stdout and stderr in files. Killed when dropped.
+pub struct FerryProcess {
+    pub child: Child,
+    pub stdout_path: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+impl FerryProcess {
+    /// Spawns `ferry args…`, logging into `dir/<name>.out|.err`.
+    pub fn spawn(dir: &Path, name: &str, args: &[&str]) -> Self {
+        let stdout_path = dir.join(format!("{name}.out"));
+        let stderr_path = dir.join(format!("{name}.err"));
+        let child = Command::new(ferry_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .expect("spawning ferry");
+        Self {
+            child,
+            stdout_path,
+            stderr_path,
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits until stdout contains `text`.
+    pub fn wait_for_output(&mut self, text: &str, deadline: Duration) {
+        let start = Instant::now();
+        while !self.stdout().contains(text) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "ferry exited ({status}) before printing {text:?}\n--- stdout\n{}\n--- stderr\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "no {text:?} within {deadline:?}\n--- stdout\n{}\n--- stderr\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "ferry still running after {deadline:?}\n--- stdout\n{}\n--- stderr\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for FerryProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until a Unix socket accepts connections.
+pub fn wait_for_socket(path: &Path, deadline: Duration) {
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(start.elapsed() < deadline, "{} never accepted", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `ferry ctl --api-socket SOCKET args…`.
+pub fn ctl(socket: &Path, args: &[&str], deadline: Duration) -> RunOutput {
+    let mut all = vec!["ctl", "--api-socket", socket.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    run_ferry(&all, deadline)
+}
+
+/// A little-endian u64 at byte `offset` of a file.
+pub fn read_u64_at(path: &Path, offset: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).expect("opening file");
+    let mut buf = [0u8; 8];
+    file.read_exact_at(&mut buf, offset).expect("reading u64");
+    u64::from_le_bytes(buf)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the test binds it again right away).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}

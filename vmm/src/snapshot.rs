@@ -15,6 +15,7 @@ use ferry_arch::GuestMemory;
 
 use crate::builder::BuildOptions;
 use crate::controller::{VmController, VmState};
+use crate::migration::memory::{is_zero, Residency};
 use crate::vm_snapshot::VmSnapshot;
 use crate::VmmError;
 
@@ -52,20 +53,39 @@ fn write_memory(memory: &GuestMemory, path: &Path) -> Result<(), VmmError> {
         .truncate(true)
         .open(path)
         .map_err(io())?;
+    let mut residency = Residency::open();
+    let mut flags = Vec::new();
     let mut offset = 0u64;
     for region in memory.iter() {
         let base = region.as_ptr();
-        let len = region.len() as usize;
-        let mut page = 0;
-        while page < len {
-            // SAFETY: inside the region's mapping; the VM is paused.
-            let data = unsafe { std::slice::from_raw_parts(base.add(page), PAGE) };
-            if data.iter().any(|&b| b != 0) {
-                file.write_all_at(data, offset + page as u64).map_err(io())?;
+        let pages = region.len() as usize / PAGE;
+        let mut done = 0;
+        while done < pages {
+            let chunk = (pages - done).min(1 << 16);
+            residency.may_hold_data(base as usize + done * PAGE, chunk, &mut flags);
+            // Coalesce consecutive non-zero pages into one write.
+            let mut i = 0;
+            while i < chunk {
+                let page_has_data = |j: usize| {
+                    // SAFETY: inside the region's mapping; the VM is paused.
+                    flags[j] && !is_zero(unsafe { std::slice::from_raw_parts(base.add((done + j) * PAGE), PAGE) })
+                };
+                if !page_has_data(i) {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < chunk && i - start < 256 && page_has_data(i) {
+                    i += 1;
+                }
+                let at = (done + start) * PAGE;
+                // SAFETY: as above; `start..i` pages lie inside the region.
+                let data = unsafe { std::slice::from_raw_parts(base.add(at), (i - start) * PAGE) };
+                file.write_all_at(data, offset + at as u64).map_err(io())?;
             }
-            page += PAGE;
+            done += chunk;
         }
-        offset += len as u64;
+        offset += region.len();
     }
     file.set_len(offset).map_err(io())?;
     file.sync_all().map_err(io())

@@ -122,15 +122,20 @@ fn receive_on(
 
     let in_ram = |gpa: u64, len: u64| range_in_ram(&memory, gpa, len);
     let mut snapshot: Option<VmSnapshot> = None;
+    let (mut bytes, mut rounds) = (0u64, 0u32);
     loop {
         match wire::read_source_message(&mut input, in_ram)? {
             SourceMessage::MemData { gpa, len } => {
-                receive_data(&memory, &mut input, gpa, len).map_err(WireError::Io)?
+                receive_data(&memory, &mut input, gpa, len).map_err(WireError::Io)?;
+                bytes += u64::from(len);
             }
             SourceMessage::MemZero { gpa, len } => {
                 receive_zero(&memory, gpa, len).map_err(WireError::Io)?
             }
-            SourceMessage::Round(n) => log::debug!("migration: round {n} received"),
+            SourceMessage::Round(n) => {
+                log::debug!("migration: round {n} received");
+                rounds = n + 1;
+            }
             SourceMessage::State(json) => {
                 let mut state: VmSnapshot =
                     serde_json::from_slice(&json).map_err(|source| WireError::Json {
@@ -193,10 +198,11 @@ fn receive_on(
     }
     wire::write_reply(replies, wire::COMMITTED).map_err(WireError::Io)?;
     let _ = replies.flush();
-    log::info!(
+    // One machine-readable line on stderr whatever the log level, for orchestrators and logs.
+    eprintln!(
         "{}",
         serde_json::json!({"event": "migration-completed", "side": "destination",
-            "total_ms": started.elapsed().as_millis() as u64})
+            "total_ms": started.elapsed().as_millis() as u64, "bytes": bytes, "rounds": rounds})
     );
     Ok(controller)
 }

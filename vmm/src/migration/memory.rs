@@ -43,7 +43,7 @@ impl Residency {
     }
 
     /// For `pages` pages at `host_addr`, sets `out[i]` when page i may hold data.
-    fn may_hold_data(&mut self, host_addr: usize, pages: usize, out: &mut Vec<bool>) {
+    pub fn may_hold_data(&mut self, host_addr: usize, pages: usize, out: &mut Vec<bool>) {
         out.clear();
         out.resize(pages, true);
         let Some(pagemap) = &self.pagemap else {
@@ -61,7 +61,7 @@ impl Residency {
     }
 }
 
-fn is_zero(page: &[u8]) -> bool {
+pub fn is_zero(page: &[u8]) -> bool {
     // Word compares: the compiler vectorises this into a tight loop.
     page.chunks_exact(8)
         .all(|w| u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) == 0)

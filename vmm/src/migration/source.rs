@@ -207,7 +207,8 @@ fn run(
         bytes,
         rounds: round + 1,
     };
-    log::info!(
+    // One machine-readable line on stderr whatever the log level, for orchestrators and logs.
+    eprintln!(
         "{}",
         serde_json::json!({"event": "migration-completed", "side": "source",
             "total_ms": summary.total_ms, "downtime_ms": summary.downtime_ms,

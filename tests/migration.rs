@@ -1,0 +1,308 @@
+//! Live migration and snapshots with real ferry processes: a probe running the ring-3 `dirty`
+//! loop moves between two ferries over Unix and TCP sockets; failures leave the guest running on
+//! the source; garbage streams are refused; snapshots restore with the guest's progress intact.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{ctl, free_port, probe_bin, read_u64_at, wait_for_socket, FerryProcess, TempDir};
+use ferry_probe::{DIRTY_COUNTER_GPA, DIRTY_MAGIC, DIRTY_REGION_GPA};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const DIRTY_MIB: u64 = 256;
+
+/// A source guest: the probe dirtying `DIRTY_MIB` MiB at `rate` MiB/s, with an API socket.
+fn start_source(dir: &Path, name: &str, rate: u64) -> (FerryProcess, PathBuf) {
+    let socket = dir.join(format!("{name}.sock"));
+    let probe = probe_bin();
+    let cmdline = format!("probe.test=dirty probe.dirty_mib={DIRTY_MIB} probe.dirty_rate_mib={rate}");
+    let mut source = FerryProcess::spawn(
+        dir,
+        name,
+        &[
+            "run",
+            "--kernel",
+            probe.to_str().unwrap(),
+            "--cmdline",
+            &cmdline,
+            "--memory",
+            "512M",
+            "--exit-device",
+            "--api-socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    source.wait_for_output("probe: dirty: running", DEADLINE);
+    wait_for_socket(&socket, DEADLINE);
+    (source, socket)
+}
+
+/// `ferry receive` on `listen`, with an API socket once the guest runs.
+fn start_destination(dir: &Path, name: &str, listen: &str) -> (FerryProcess, PathBuf) {
+    let socket = dir.join(format!("{name}.sock"));
+    let dest = FerryProcess::spawn(
+        dir,
+        name,
+        &["receive", "--listen", listen, "--api-socket", socket.to_str().unwrap()],
+    );
+    (dest, socket)
+}
+
+/// Waits until `ferry receive` listens on `listen`.
+fn wait_listening(listen: &str) {
+    let start = Instant::now();
+    loop {
+        let up = if let Some(path) = listen.strip_prefix("unix:") {
+            // Listening sockets show flag 00010000 (__SO_ACCEPTCON) in /proc/net/unix.
+            std::fs::read_to_string("/proc/net/unix")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.ends_with(path) && l.split_whitespace().nth(3) == Some("00010000"))
+        } else {
+            let addr = listen.trim_start_matches("tcp:");
+            // A connect would be taken as the migration: look for the listening socket instead.
+            let port = addr.rsplit(':').next().unwrap();
+            std::fs::read_to_string("/proc/net/tcp")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() > 3
+                        && f[3] == "0A"
+                        && f[1].ends_with(&format!(":{:04X}", port.parse::<u16>().unwrap()))
+                })
+        };
+        if up {
+            return;
+        }
+        assert!(start.elapsed() < DEADLINE, "{listen} never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Snapshot through the API (`ferry ctl snapshot`), guest resumed afterwards. Returns the dir.
+fn snapshot(socket: &Path, dir: &Path) -> PathBuf {
+    let out = ctl(socket, &["snapshot", "--to", dir.to_str().unwrap()], DEADLINE);
+    assert_eq!(out.code(), Some(0), "snapshot failed: {}{}", out.stdout, out.stderr);
+    dir.to_path_buf()
+}
+
+/// Completed passes recorded by the dirty loop in a snapshot's memory file.
+fn passes(snapshot_dir: &Path) -> u64 {
+    let memory = snapshot_dir.join("memory");
+    assert_eq!(read_u64_at(&memory, DIRTY_COUNTER_GPA + 8), DIRTY_MAGIC, "dirty test not running");
+    read_u64_at(&memory, DIRTY_COUNTER_GPA)
+}
+
+/// Every page of the region carries its own index and a pass number consistent with the counter.
+fn assert_stamps_valid(snapshot_dir: &Path) {
+    let memory = std::fs::read(snapshot_dir.join("memory")).unwrap();
+    let counter = passes(snapshot_dir);
+    let pages = DIRTY_MIB * 256;
+    for page in 0..pages {
+        let at = (DIRTY_REGION_GPA + page * 4096) as usize;
+        let index = u64::from_le_bytes(memory[at..at + 8].try_into().unwrap());
+        let pass = u64::from_le_bytes(memory[at + 8..at + 16].try_into().unwrap());
+        if pass != 0 {
+            assert_eq!(index, page, "page {page} carries index {index}");
+        }
+        if pass == 0 {
+            // Not written yet: only possible while the first pass runs.
+            assert_eq!((index, counter), (0, 0), "page {page} unwritten after {counter} passes");
+            continue;
+        }
+        assert!(
+            pass >= counter && pass <= counter + 1,
+            "page {page} has pass {pass}, counter {counter}"
+        );
+    }
+}
+
+/// Takes snapshots until the dirty loop has completed more than `after` passes; returns the
+/// snapshot directory that showed it.
+fn wait_for_progress(socket: &Path, dir: &Path, tag: &str, after: u64) -> PathBuf {
+    let start = Instant::now();
+    for i in 0.. {
+        let snap = snapshot(socket, &dir.join(format!("{tag}-{i}")));
+        let now = passes(&snap);
+        if now > after {
+            return snap;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the guest made no progress: still {now} passes (was {after})"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    unreachable!()
+}
+
+fn migrate(source_socket: &Path, to: &str, extra: &[&str]) -> common::RunOutput {
+    let mut args = vec!["migrate", "--to", to];
+    args.extend_from_slice(extra);
+    ctl(source_socket, &args, DEADLINE)
+}
+
+fn migrate_and_check(listen: &str, tag: &str) {
+    let dir = TempDir::new(tag);
+    let (mut source, source_socket) = start_source(dir.path(), "source", 128);
+    let (mut dest, dest_socket) = start_destination(dir.path(), "dest", listen);
+    wait_listening(listen);
+
+    let out = migrate(&source_socket, listen, &["--verify"]);
+    assert_eq!(out.code(), Some(0), "migrate: {}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("state: migrated"), "{}", out.stdout);
+
+    // The source forgets the guest and exits 0; the destination runs it.
+    let status = source.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "source: {}", source.stderr());
+    // Both sides log one JSON line with the figures.
+    assert!(source.stderr().contains(r#""side":"source""#), "{}", source.stderr());
+    assert!(dest.stderr().contains(r#""side":"destination""#), "{}", dest.stderr());
+    wait_for_socket(&dest_socket, DEADLINE);
+    let info = ctl(&dest_socket, &["info"], DEADLINE);
+    assert!(info.stdout.contains("state: Running"), "{}", info.stdout);
+
+    let first = snapshot(&dest_socket, &dir.path().join("snap1"));
+    let at_switchover = passes(&first);
+    assert_stamps_valid(&first);
+    let later = wait_for_progress(&dest_socket, dir.path(), "later", at_switchover);
+    assert_stamps_valid(&later);
+    assert!(dest.is_running());
+}
+
+#[test]
+fn migrates_over_a_unix_socket() {
+    let dir = TempDir::new("mig-unix-sock");
+    let listen = format!("unix:{}", dir.path().join("migration.sock").display());
+    migrate_and_check(&listen, "mig-unix");
+}
+
+#[test]
+fn migrates_over_tcp() {
+    let listen = format!("tcp:127.0.0.1:{}", free_port());
+    migrate_and_check(&listen, "mig-tcp");
+}
+
+#[test]
+fn killed_destination_leaves_the_guest_running_and_a_retry_works() {
+    let dir = TempDir::new("mig-kill");
+    // Dirtying fast with a tiny downtime budget keeps the migration in pre-copy for a while.
+    let (source, source_socket) = start_source(dir.path(), "source", 2048);
+    let listen = format!("unix:{}", dir.path().join("m1.sock").display());
+    let (mut dest, _) = start_destination(dir.path(), "dest1", &listen);
+    wait_listening(&listen);
+    let out = migrate(
+        &source_socket,
+        &listen,
+        &["--detach", "--downtime-ms", "1", "--max-iterations", "1000"],
+    );
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    // Kill the destination once memory is flowing.
+    let start = Instant::now();
+    loop {
+        let status = ctl(&source_socket, &["migration-status"], DEADLINE);
+        if status.stdout.contains("round: ") && !status.stdout.contains("bytes sent: 0\n") {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "migration never started: {}", status.stdout);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = dest.child.kill();
+    let _ = dest.child.wait();
+    let start = Instant::now();
+    loop {
+        let status = ctl(&source_socket, &["migration-status"], DEADLINE);
+        if status.stdout.contains("state: failed") {
+            assert!(status.stdout.contains("error:"), "{}", status.stdout);
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no failure reported: {}{}\n--- source\n{}",
+            status.stdout,
+            status.stderr,
+            source.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The guest still runs on the source and keeps counting.
+    let info = ctl(&source_socket, &["info"], DEADLINE);
+    assert!(info.stdout.contains("state: Running"), "{}", info.stdout);
+    let a = passes(&snapshot(&source_socket, &dir.path().join("s1")));
+    wait_for_progress(&source_socket, dir.path(), "s2", a);
+
+    // A second attempt to a healthy destination succeeds.
+    let listen2 = format!("unix:{}", dir.path().join("m2.sock").display());
+    let (_dest2, dest2_socket) = start_destination(dir.path(), "dest2", &listen2);
+    wait_listening(&listen2);
+    let out = migrate(&source_socket, &listen2, &["--force-switchover", "--max-iterations", "5"]);
+    assert_eq!(out.code(), Some(0), "retry: {}{}", out.stdout, out.stderr);
+    wait_for_socket(&dest2_socket, DEADLINE);
+    let info = ctl(&dest2_socket, &["info"], DEADLINE);
+    assert!(info.stdout.contains("state: Running"), "{}", info.stdout);
+}
+
+#[test]
+fn garbage_and_truncated_streams_are_refused_cleanly() {
+    use std::io::Write;
+    let dir = TempDir::new("mig-garbage");
+    for (name, bytes) in [
+        ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("version", {
+            let mut v = b"FERRYMIG".to_vec();
+            v.extend_from_slice(&99u32.to_le_bytes());
+            v
+        }),
+        ("truncated", {
+            let mut v = b"FERRYMIG".to_vec();
+            v.extend_from_slice(&1u32.to_le_bytes());
+            v.push(0x01);
+            v.extend_from_slice(&1000u32.to_le_bytes());
+            v.extend_from_slice(b"{\"config\":");
+            v
+        }),
+        ("huge-config", {
+            let mut v = b"FERRYMIG".to_vec();
+            v.extend_from_slice(&1u32.to_le_bytes());
+            v.push(0x01);
+            v.extend_from_slice(&u32::MAX.to_le_bytes());
+            v
+        }),
+    ] {
+        let path = dir.path().join(format!("{name}.sock"));
+        let listen = format!("unix:{}", path.display());
+        let (mut dest, _) = start_destination(dir.path(), name, &listen);
+        wait_listening(&listen);
+        let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let _ = stream.write_all(&bytes);
+        drop(stream);
+        let status = dest.wait_exit(DEADLINE);
+        let stderr = dest.stderr();
+        assert_eq!(status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains("error: incoming migration failed"), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn snapshot_restore_keeps_the_guest_going() {
+    let dir = TempDir::new("snapshot");
+    let (source, source_socket) = start_source(dir.path(), "source", 512);
+    let snap = wait_for_progress(&source_socket, dir.path(), "snap", 0);
+    let saved = passes(&snap);
+    drop(source);
+
+    let socket = dir.path().join("restored.sock");
+    let mut restored = FerryProcess::spawn(
+        dir.path(),
+        "restored",
+        &["run", "--restore", snap.to_str().unwrap(), "--api-socket", socket.to_str().unwrap()],
+    );
+    wait_for_socket(&socket, DEADLINE);
+    let later = wait_for_progress(&socket, dir.path(), "later", saved);
+    assert_stamps_valid(&later);
+    assert!(restored.is_running());
+}
