@@ -48,7 +48,11 @@ fn smp_brings_up_every_cpu() {
 
 #[test]
 fn linux_boot_protocol_works_too() {
-    let out = run_probe("probe.test=boot", &["--boot", "linux", "--memory", "256M"], DEADLINE);
+    let out = run_probe(
+        "probe.test=boot",
+        &["--boot", "linux", "--memory", "256M"],
+        DEADLINE,
+    );
     out.assert_pass("boot");
     let mem: u64 = out.probe_value("boot", "mem_mib").unwrap().parse().unwrap();
     assert!((254..=255).contains(&mem), "mem_mib={mem}");
@@ -93,7 +97,13 @@ fn exit_status_follows_the_exit_device() {
 fn without_exit_device_the_probe_resets_and_ferry_exits_zero() {
     let probe = common::probe_bin();
     let out = run_ferry(
-        &["run", "--kernel", probe.to_str().unwrap(), "--cmdline", "probe.test=no_such_test"],
+        &[
+            "run",
+            "--kernel",
+            probe.to_str().unwrap(),
+            "--cmdline",
+            "probe.test=no_such_test",
+        ],
         DEADLINE,
     );
     assert!(out.stdout.contains("fail=1"));
@@ -113,7 +123,9 @@ fn missing_kernel_is_a_clear_error() {
 fn garbage_kernel_is_rejected_without_panic() {
     let dir = TempDir::new("garbage");
     let path = dir.path().join("garbage.bin");
-    let junk: Vec<u8> = (0..65536u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let junk: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     std::fs::write(&path, junk).unwrap();
     let out = run_ferry(&["run", "--kernel", path.to_str().unwrap()], DEADLINE);
     assert_eq!(out.code(), Some(1));
@@ -138,7 +150,13 @@ fn bad_flag_values_fail_cleanly() {
         .error_line()
         .starts_with("error: invalid configuration: guest memory must be"));
     let out = run_ferry(
-        &["run", "--kernel", probe.to_str().unwrap(), "--memory", "100000G"],
+        &[
+            "run",
+            "--kernel",
+            probe.to_str().unwrap(),
+            "--memory",
+            "100000G",
+        ],
         DEADLINE,
     );
     assert_eq!(out.code(), Some(1));

@@ -17,7 +17,8 @@ const DIRTY_MIB: u64 = 256;
 fn start_source(dir: &Path, name: &str, rate: u64) -> (FerryProcess, PathBuf) {
     let socket = dir.join(format!("{name}.sock"));
     let probe = probe_bin();
-    let cmdline = format!("probe.test=dirty probe.dirty_mib={DIRTY_MIB} probe.dirty_rate_mib={rate}");
+    let cmdline =
+        format!("probe.test=dirty probe.dirty_mib={DIRTY_MIB} probe.dirty_rate_mib={rate}");
     let mut source = FerryProcess::spawn(
         dir,
         name,
@@ -45,7 +46,13 @@ fn start_destination(dir: &Path, name: &str, listen: &str) -> (FerryProcess, Pat
     let dest = FerryProcess::spawn(
         dir,
         name,
-        &["receive", "--listen", listen, "--api-socket", socket.to_str().unwrap()],
+        &[
+            "receive",
+            "--listen",
+            listen,
+            "--api-socket",
+            socket.to_str().unwrap(),
+        ],
     );
     (dest, socket)
 }
@@ -84,15 +91,29 @@ fn wait_listening(listen: &str) {
 
 /// Snapshot through the API (`ferry ctl snapshot`), guest resumed afterwards. Returns the dir.
 fn snapshot(socket: &Path, dir: &Path) -> PathBuf {
-    let out = ctl(socket, &["snapshot", "--to", dir.to_str().unwrap()], DEADLINE);
-    assert_eq!(out.code(), Some(0), "snapshot failed: {}{}", out.stdout, out.stderr);
+    let out = ctl(
+        socket,
+        &["snapshot", "--to", dir.to_str().unwrap()],
+        DEADLINE,
+    );
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "snapshot failed: {}{}",
+        out.stdout,
+        out.stderr
+    );
     dir.to_path_buf()
 }
 
 /// Completed passes recorded by the dirty loop in a snapshot's memory file.
 fn passes(snapshot_dir: &Path) -> u64 {
     let memory = snapshot_dir.join("memory");
-    assert_eq!(read_u64_at(&memory, DIRTY_COUNTER_GPA + 8), DIRTY_MAGIC, "dirty test not running");
+    assert_eq!(
+        read_u64_at(&memory, DIRTY_COUNTER_GPA + 8),
+        DIRTY_MAGIC,
+        "dirty test not running"
+    );
     read_u64_at(&memory, DIRTY_COUNTER_GPA)
 }
 
@@ -110,7 +131,11 @@ fn assert_stamps_valid(snapshot_dir: &Path) {
         }
         if pass == 0 {
             // Not written yet: only possible while the first pass runs.
-            assert_eq!((index, counter), (0, 0), "page {page} unwritten after {counter} passes");
+            assert_eq!(
+                (index, counter),
+                (0, 0),
+                "page {page} unwritten after {counter} passes"
+            );
             continue;
         }
         assert!(
@@ -159,8 +184,16 @@ fn migrate_and_check(listen: &str, tag: &str) {
     let status = source.wait_exit(DEADLINE);
     assert_eq!(status.code(), Some(0), "source: {}", source.stderr());
     // Both sides log one JSON line with the figures.
-    assert!(source.stderr().contains(r#""side":"source""#), "{}", source.stderr());
-    assert!(dest.stderr().contains(r#""side":"destination""#), "{}", dest.stderr());
+    assert!(
+        source.stderr().contains(r#""side":"source""#),
+        "{}",
+        source.stderr()
+    );
+    assert!(
+        dest.stderr().contains(r#""side":"destination""#),
+        "{}",
+        dest.stderr()
+    );
     wait_for_socket(&dest_socket, DEADLINE);
     let info = ctl(&dest_socket, &["info"], DEADLINE);
     assert!(info.stdout.contains("state: Running"), "{}", info.stdout);
@@ -207,7 +240,11 @@ fn killed_destination_leaves_the_guest_running_and_a_retry_works() {
         if status.stdout.contains("round: ") && !status.stdout.contains("bytes sent: 0\n") {
             break;
         }
-        assert!(start.elapsed() < DEADLINE, "migration never started: {}", status.stdout);
+        assert!(
+            start.elapsed() < DEADLINE,
+            "migration never started: {}",
+            status.stdout
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = dest.child.kill();
@@ -238,7 +275,11 @@ fn killed_destination_leaves_the_guest_running_and_a_retry_works() {
     let listen2 = format!("unix:{}", dir.path().join("m2.sock").display());
     let (_dest2, dest2_socket) = start_destination(dir.path(), "dest2", &listen2);
     wait_listening(&listen2);
-    let out = migrate(&source_socket, &listen2, &["--force-switchover", "--max-iterations", "5"]);
+    let out = migrate(
+        &source_socket,
+        &listen2,
+        &["--force-switchover", "--max-iterations", "5"],
+    );
     assert_eq!(out.code(), Some(0), "retry: {}{}", out.stdout, out.stderr);
     wait_for_socket(&dest2_socket, DEADLINE);
     let info = ctl(&dest2_socket, &["info"], DEADLINE);
@@ -282,7 +323,10 @@ fn garbage_and_truncated_streams_are_refused_cleanly() {
         let status = dest.wait_exit(DEADLINE);
         let stderr = dest.stderr();
         assert_eq!(status.code(), Some(1), "{name}: {stderr}");
-        assert!(stderr.contains("error: incoming migration failed"), "{name}: {stderr}");
+        assert!(
+            stderr.contains("error: incoming migration failed"),
+            "{name}: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
     }
 }
@@ -299,7 +343,13 @@ fn snapshot_restore_keeps_the_guest_going() {
     let mut restored = FerryProcess::spawn(
         dir.path(),
         "restored",
-        &["run", "--restore", snap.to_str().unwrap(), "--api-socket", socket.to_str().unwrap()],
+        &[
+            "run",
+            "--restore",
+            snap.to_str().unwrap(),
+            "--api-socket",
+            socket.to_str().unwrap(),
+        ],
     );
     wait_for_socket(&socket, DEADLINE);
     let later = wait_for_progress(&socket, dir.path(), "later", saved);

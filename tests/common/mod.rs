@@ -144,11 +144,14 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "ferry-test-{tag}-{}-{:?}",
-            std::process::id(),
-            Instant::now()
-        ).replace([' ', ':', '.'], "_"));
+        let path = std::env::temp_dir().join(
+            format!(
+                "ferry-test-{tag}-{}-{:?}",
+                std::process::id(),
+                Instant::now()
+            )
+            .replace([' ', ':', '.'], "_"),
+        );
         std::fs::create_dir_all(&path).expect("creating temp dir");
         Self(path)
     }
@@ -253,7 +256,11 @@ impl Drop for FerryProcess {
 pub fn wait_for_socket(path: &Path, deadline: Duration) {
     let start = Instant::now();
     while std::os::unix::net::UnixStream::connect(path).is_err() {
-        assert!(start.elapsed() < deadline, "{} never accepted", path.display());
+        assert!(
+            start.elapsed() < deadline,
+            "{} never accepted",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -114,7 +114,8 @@ impl ApiService {
             }
             ApiRequest::GetMachineConfig => ApiResponse::json(&c.config().machine),
             ApiRequest::PutMachineConfig(machine) => {
-                c.config_mut("changing the machine configuration after boot")?.machine = machine;
+                c.config_mut("changing the machine configuration after boot")?
+                    .machine = machine;
                 ApiResponse::NoContent
             }
             ApiRequest::PatchMachineConfig(update) => {
@@ -129,7 +130,11 @@ impl ApiService {
             ApiRequest::PutDrive(drive) => {
                 let config = c.config_mut("adding drives after boot")?;
                 let drive = drive.to_config();
-                match config.drives.iter_mut().find(|d| d.drive_id == drive.drive_id) {
+                match config
+                    .drives
+                    .iter_mut()
+                    .find(|d| d.drive_id == drive.drive_id)
+                {
                     Some(existing) => *existing = drive,
                     None => config.drives.push(drive),
                 }
@@ -142,7 +147,9 @@ impl ApiService {
                     ));
                 }
                 if patch.path_on_host.is_none() && patch.rate_limiter.is_some() {
-                    return Err(VmmError::Config("rate limiters are not supported by ferry".into()));
+                    return Err(VmmError::Config(
+                        "rate limiters are not supported by ferry".into(),
+                    ));
                 }
                 let virtio = c.virtio().ok_or(VmmError::InvalidState {
                     state: "stopped",
@@ -161,7 +168,9 @@ impl ApiService {
                 ApiResponse::NoContent
             }
             ApiRequest::PatchNetworkInterface(_) => {
-                return Err(VmmError::Config("rate limiters are not supported by ferry".into()))
+                return Err(VmmError::Config(
+                    "rate limiters are not supported by ferry".into(),
+                ))
             }
             ApiRequest::Action(ActionType::InstanceStart) => {
                 c.start()?;
@@ -191,9 +200,15 @@ impl ApiService {
                 c.resume()?;
                 ApiResponse::NoContent
             }
-            ApiRequest::GetVmConfig => ApiResponse::json(&FullVmConfiguration::from_config(c.config())),
+            ApiRequest::GetVmConfig => {
+                ApiResponse::json(&FullVmConfiguration::from_config(c.config()))
+            }
             ApiRequest::SnapshotCreate(req) => {
-                snapshot::create(&c, Path::new(&req.snapshot_path), Path::new(&req.mem_file_path))?;
+                snapshot::create(
+                    &c,
+                    Path::new(&req.snapshot_path),
+                    Path::new(&req.mem_file_path),
+                )?;
                 ApiResponse::NoContent
             }
             ApiRequest::SnapshotLoad(req) => {
@@ -206,8 +221,11 @@ impl ApiService {
                 let mut saved = snapshot::read_state(Path::new(&req.snapshot_path))?;
                 saved.config.serial = c.config().serial.clone();
                 saved.config.machine.track_dirty_pages |= req.track_dirty_pages;
-                let mut restored =
-                    snapshot::restore(Path::new(&req.mem_file_path), &saved, BuildOptions::default())?;
+                let mut restored = snapshot::restore(
+                    Path::new(&req.mem_file_path),
+                    &saved,
+                    BuildOptions::default(),
+                )?;
                 if req.resume_vm {
                     restored.resume()?;
                 }
@@ -231,10 +249,7 @@ impl ApiService {
                 if lock(&self.migration).state == MigrationPhase::Active {
                     return Err(VmmError::Config("a migration is already running".into()));
                 }
-                let url: MigrationUrl = req
-                    .destination_url
-                    .parse()
-                    .map_err(VmmError::Config)?;
+                let url: MigrationUrl = req.destination_url.parse().map_err(VmmError::Config)?;
                 if c.state() != VmState::Running {
                     return Err(VmmError::InvalidState {
                         state: c.state().name(),
@@ -254,7 +269,8 @@ impl ApiService {
             }
             ApiRequest::MigrationReceive(_) => {
                 return Err(VmmError::Config(
-                    "use `ferry receive --listen URL --api-socket PATH` to receive a migration".into(),
+                    "use `ferry receive --listen URL --api-socket PATH` to receive a migration"
+                        .into(),
                 ))
             }
             ApiRequest::GetMigration => ApiResponse::json(&self.migration_status()),

@@ -11,9 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 use ferry_api::{SerialOutput as SerialOutputConfig, VmConfig, DEFAULT_CMDLINE};
 use ferry_arch::boot::{self, BootPreference, LoadedInitrd};
 use ferry_arch::cpuid::{filter_cpuid, CpuFeature};
-use ferry_arch::layout::{
-    KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MPTABLE_ADDR, SERIAL_IRQ,
-};
+use ferry_arch::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MPTABLE_ADDR, SERIAL_IRQ};
 use ferry_arch::regs::{self, BootProtocol};
 use ferry_arch::{mptable, GuestMemory};
 use ferry_devices::bus::Bus;
@@ -65,7 +63,10 @@ pub fn build_vm(config: &VmConfig, options: &BuildOptions) -> Result<BuiltVm, Vm
 }
 
 /// Builds the VM without loading a kernel, for restoring saved state into it.
-pub fn build_vm_for_restore(config: &VmConfig, options: &BuildOptions) -> Result<BuiltVm, VmmError> {
+pub fn build_vm_for_restore(
+    config: &VmConfig,
+    options: &BuildOptions,
+) -> Result<BuiltVm, VmmError> {
     build(config, options, BuildMode::Restore)
 }
 
@@ -113,7 +114,11 @@ fn build(config: &VmConfig, options: &BuildOptions, mode: BuildMode) -> Result<B
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)
         .map_err(|e| VmmError::Kvm("KVM_IRQFD (serial)", e))?;
     let serial = Arc::new(Mutex::new(Serial::new(serial_irq, serial_output)));
-    pio.insert(serial.clone(), u64::from(COM1_PORT), u64::from(COM_PORT_LEN))?;
+    pio.insert(
+        serial.clone(),
+        u64::from(COM1_PORT),
+        u64::from(COM_PORT_LEN),
+    )?;
     pio.insert(
         Arc::new(Mutex::new(I8042::new(exit.clone()))),
         u64::from(I8042_PORT_BASE),
@@ -249,13 +254,9 @@ fn load_boot(
     boot::write_cmdline(memory, &cmdline)?;
     match loaded.protocol {
         BootProtocol::Pvh => boot::write_pvh_info(memory, mem_size, cmdline.len(), initrd)?,
-        BootProtocol::Linux64 => boot::write_zero_page(
-            memory,
-            mem_size,
-            cmdline.len(),
-            loaded.setup_header,
-            initrd,
-        )?,
+        BootProtocol::Linux64 => {
+            boot::write_zero_page(memory, mem_size, cmdline.len(), loaded.setup_header, initrd)?
+        }
     }
     regs::write_boot_tables(memory, loaded.protocol)?;
     Ok(BootEntry {

@@ -3,7 +3,9 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use ferry_api::{BootSource, MachineConfig, NetBackendConfig, SerialConfig, SerialOutput, VmConfig};
+use ferry_api::{
+    BootSource, MachineConfig, NetBackendConfig, SerialConfig, SerialOutput, VmConfig,
+};
 use ferry_arch::boot::BootPreference;
 use ferry_arch::cpuid::{feature_by_name, CpuFeature, HIDEABLE_FEATURES};
 
@@ -12,7 +14,11 @@ use crate::migration::destination::ReceiveMaps;
 use crate::migration::MigrationUrl;
 
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about = "A virtual machine monitor on Linux KVM")]
+#[command(
+    name = "ferry",
+    version,
+    about = "A virtual machine monitor on Linux KVM"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -287,8 +293,20 @@ mod tests {
     #[test]
     fn config_from_flags() {
         let args = run_args(&[
-            "--kernel", "vmlinux", "--cmdline", "quiet", "--cpus", "2", "--memory", "1G",
-            "--serial", "file=/tmp/out", "--boot", "linux", "--cpu-hide", "avx,avx2",
+            "--kernel",
+            "vmlinux",
+            "--cmdline",
+            "quiet",
+            "--cpus",
+            "2",
+            "--memory",
+            "1G",
+            "--serial",
+            "file=/tmp/out",
+            "--boot",
+            "linux",
+            "--cpu-hide",
+            "avx,avx2",
         ])
         .unwrap();
         let (config, options) = args.to_config(true);
@@ -304,7 +322,9 @@ mod tests {
     #[test]
     fn bad_values_are_rejected_with_reasons() {
         let err = run_args(&["--kernel", "k", "--serial", "tcp"]).unwrap_err();
-        assert!(err.to_string().contains("expected stdio, file=PATH or none"));
+        assert!(err
+            .to_string()
+            .contains("expected stdio, file=PATH or none"));
         let err = run_args(&["--kernel", "k", "--cpu-hide", "warp"]).unwrap_err();
         assert!(err.to_string().contains("unknown CPU feature"));
         assert!(run_args(&["--kernel", "k", "--cpus", "300"]).is_err());
@@ -316,8 +336,14 @@ mod tests {
     #[test]
     fn receive_flags() {
         let cli = Cli::try_parse_from([
-            "ferry", "receive", "--listen", "tcp:127.0.0.1:7000", "--disk-map", "root=/dev/vg/a",
-            "--net-map", "eth0=macvtap:mvt1",
+            "ferry",
+            "receive",
+            "--listen",
+            "tcp:127.0.0.1:7000",
+            "--disk-map",
+            "root=/dev/vg/a",
+            "--net-map",
+            "eth0=macvtap:mvt1",
         ])
         .unwrap();
         let Command::Receive(args) = cli.command else {
@@ -325,9 +351,19 @@ mod tests {
         };
         assert_eq!(args.listen, MigrationUrl::Tcp("127.0.0.1:7000".into()));
         let maps = args.receive_maps();
-        assert_eq!(maps.disks.get("root").map(String::as_str), Some("/dev/vg/a"));
-        assert_eq!(maps.nets.get("eth0"), Some(&NetBackendConfig::Macvtap("mvt1".into())));
-        for bad in [["--net-map", "eth0=bridge:br0"], ["--disk-map", "=x"], ["--listen", "udp:1"]] {
+        assert_eq!(
+            maps.disks.get("root").map(String::as_str),
+            Some("/dev/vg/a")
+        );
+        assert_eq!(
+            maps.nets.get("eth0"),
+            Some(&NetBackendConfig::Macvtap("mvt1".into()))
+        );
+        for bad in [
+            ["--net-map", "eth0=bridge:br0"],
+            ["--disk-map", "=x"],
+            ["--listen", "udp:1"],
+        ] {
             let mut argv = vec!["ferry", "receive", "--listen", "unix:/tmp/x"];
             argv.extend_from_slice(&bad);
             assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");

@@ -203,7 +203,11 @@ impl VmController {
             config: self.config.clone(),
             vcpus: self.save_vcpus()?,
             kvm: VmKvmState::save(&vm.vm)?,
-            serial: vm.serial.lock().unwrap_or_else(|p| p.into_inner()).save_state(),
+            serial: vm
+                .serial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .save_state(),
             virtio: vm.virtio.save(),
         })
     }

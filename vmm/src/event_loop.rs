@@ -81,7 +81,10 @@ impl MutEventSubscriber for SerialInput {
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if events.event_set().intersects(EventSet::HANG_UP | EventSet::ERROR) {
+        if events
+            .event_set()
+            .intersects(EventSet::HANG_UP | EventSet::ERROR)
+        {
             // stdin closed: stop watching it rather than spinning.
             let _ = ops.remove(Events::new_raw(self.stdin, EventSet::IN));
             return;
@@ -96,7 +99,10 @@ impl MutEventSubscriber for SerialInput {
                 let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
                 let queued = serial.enqueue_input(&buf[..n]);
                 if queued < n {
-                    log::debug!("serial receive FIFO full: {} input bytes dropped", n - queued);
+                    log::debug!(
+                        "serial receive FIFO full: {} input bytes dropped",
+                        n - queued
+                    );
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -67,14 +67,19 @@ fn set_slot(
 ) -> Result<(), VmmError> {
     let desc = kvm_userspace_memory_region {
         slot,
-        flags: if log_dirty { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+        flags: if log_dirty {
+            KVM_MEM_LOG_DIRTY_PAGES
+        } else {
+            0
+        },
         guest_phys_addr: region.start_addr().0,
         memory_size: region.len(),
         userspace_addr: region.as_ptr() as u64,
     };
     // SAFETY: the region's mapping lives as long as the GuestMemory, which the VM keeps until the
     // VM fd is closed; KVM only accesses it through that mapping.
-    unsafe { vm.set_user_memory_region(desc) }.map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))
+    unsafe { vm.set_user_memory_region(desc) }
+        .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))
 }
 
 #[cfg(test)]

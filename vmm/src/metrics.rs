@@ -49,7 +49,10 @@ pub fn prometheus_text(
     let _ = writeln!(out, "# TYPE ferry_vm_state gauge");
     let _ = writeln!(out, "ferry_vm_state{{state=\"{}\"}} 1", state.name());
     if let Some(m) = controller.vcpu_metrics() {
-        let _ = writeln!(out, "# HELP ferry_vcpu_exits_total vCPU exits by reason, all vCPUs.");
+        let _ = writeln!(
+            out,
+            "# HELP ferry_vcpu_exits_total vCPU exits by reason, all vCPUs."
+        );
         let _ = writeln!(out, "# TYPE ferry_vcpu_exits_total counter");
         for (reason, counter) in [
             ("io_in", &m.io_in),
@@ -59,20 +62,36 @@ pub fn prometheus_text(
             ("kick", &m.kicks),
             ("other", &m.other),
         ] {
-            let _ = writeln!(out, "ferry_vcpu_exits_total{{reason=\"{reason}\"}} {}", counter.get());
+            let _ = writeln!(
+                out,
+                "ferry_vcpu_exits_total{{reason=\"{reason}\"}} {}",
+                counter.get()
+            );
         }
     }
     if let Some(virtio) = controller.virtio() {
         virtio.write_metrics(&mut out);
     }
     let _ = writeln!(out, "# TYPE ferry_migration_bytes_sent_total counter");
-    let _ = writeln!(out, "ferry_migration_bytes_sent_total {}", migration.bytes_sent);
+    let _ = writeln!(
+        out,
+        "ferry_migration_bytes_sent_total {}",
+        migration.bytes_sent
+    );
     let _ = writeln!(out, "# TYPE ferry_migration_round gauge");
     let _ = writeln!(out, "ferry_migration_round {}", migration.round);
     let _ = writeln!(out, "# TYPE ferry_migration_dirty_rate_mib_s gauge");
-    let _ = writeln!(out, "ferry_migration_dirty_rate_mib_s {}", migration.dirty_rate_mib_s);
+    let _ = writeln!(
+        out,
+        "ferry_migration_dirty_rate_mib_s {}",
+        migration.dirty_rate_mib_s
+    );
     let _ = writeln!(out, "# TYPE ferry_migration_bandwidth_mib_s gauge");
-    let _ = writeln!(out, "ferry_migration_bandwidth_mib_s {}", migration.bandwidth_mib_s);
+    let _ = writeln!(
+        out,
+        "ferry_migration_bandwidth_mib_s {}",
+        migration.bandwidth_mib_s
+    );
     let _ = writeln!(out, "# TYPE ferry_migration_downtime_ms gauge");
     let _ = writeln!(out, "ferry_migration_downtime_ms {}", migration.downtime_ms);
     out

@@ -23,7 +23,11 @@ pub use ferry_api::ctl::{SNAPSHOT_MEMORY_FILE as MEMORY_FILE, SNAPSHOT_STATE_FIL
 const PAGE: usize = 4096;
 
 /// Writes a snapshot of the controller's VM, which must be paused (as Firecracker requires).
-pub fn create(controller: &VmController, state_path: &Path, memory_path: &Path) -> Result<(), VmmError> {
+pub fn create(
+    controller: &VmController,
+    state_path: &Path,
+    memory_path: &Path,
+) -> Result<(), VmmError> {
     if controller.state() != VmState::Paused {
         return Err(VmmError::InvalidState {
             state: controller.state().name(),
@@ -68,7 +72,10 @@ fn write_memory(memory: &GuestMemory, path: &Path) -> Result<(), VmmError> {
             while i < chunk {
                 let page_has_data = |j: usize| {
                     // SAFETY: inside the region's mapping; the VM is paused.
-                    flags[j] && !is_zero(unsafe { std::slice::from_raw_parts(base.add((done + j) * PAGE), PAGE) })
+                    flags[j]
+                        && !is_zero(unsafe {
+                            std::slice::from_raw_parts(base.add((done + j) * PAGE), PAGE)
+                        })
                 };
                 if !page_has_data(i) {
                     i += 1;
@@ -99,10 +106,16 @@ pub fn read_state(path: &Path) -> Result<VmSnapshot, VmmError> {
 }
 
 /// Builds a paused VM from a state and its memory file.
-pub fn restore(memory_path: &Path, snapshot: &VmSnapshot, options: BuildOptions) -> Result<VmController, VmmError> {
+pub fn restore(
+    memory_path: &Path,
+    snapshot: &VmSnapshot,
+    options: BuildOptions,
+) -> Result<VmController, VmmError> {
     let file = File::open(memory_path)
         .map_err(VmmError::io(format!("opening {}", memory_path.display())))?;
-    VmController::restore(snapshot, options, |memory| read_memory(memory, &file, memory_path))
+    VmController::restore(snapshot, options, |memory| {
+        read_memory(memory, &file, memory_path)
+    })
 }
 
 fn read_memory(memory: &GuestMemory, file: &File, path: &Path) -> Result<(), VmmError> {
@@ -127,7 +140,8 @@ fn read_memory(memory: &GuestMemory, file: &File, path: &Path) -> Result<(), Vmm
             };
             let start = (data - offset) as usize;
             let end = (hole - offset) as usize;
-            file.read_exact_at(&mut dst[start..end], data).map_err(io())?;
+            file.read_exact_at(&mut dst[start..end], data)
+                .map_err(io())?;
             pos = hole - offset;
         }
         offset += len;
@@ -144,6 +158,10 @@ fn next_extent(file: &File, from: u64, limit: u64) -> Option<(u64, u64)> {
         return None;
     }
     let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-    let hole = if hole < 0 { limit } else { (hole as u64).min(limit) };
+    let hole = if hole < 0 {
+        limit
+    } else {
+        (hole as u64).min(limit)
+    };
     Some((data as u64, hole))
 }

@@ -41,12 +41,16 @@ pub struct ReceiveOptions {
 pub fn apply_maps(config: &mut VmConfig, maps: &ReceiveMaps) -> Result<(), VmmError> {
     for id in maps.disks.keys() {
         if !config.drives.iter().any(|d| &d.drive_id == id) {
-            return Err(VmmError::Config(format!("--disk-map names unknown drive '{id}'")));
+            return Err(VmmError::Config(format!(
+                "--disk-map names unknown drive '{id}'"
+            )));
         }
     }
     for id in maps.nets.keys() {
         if !config.nets.iter().any(|n| &n.iface_id == id) {
-            return Err(VmmError::Config(format!("--net-map names unknown interface '{id}'")));
+            return Err(VmmError::Config(format!(
+                "--net-map names unknown interface '{id}'"
+            )));
         }
     }
     for drive in &mut config.drives {
@@ -63,7 +67,10 @@ pub fn apply_maps(config: &mut VmConfig, maps: &ReceiveMaps) -> Result<(), VmmEr
 }
 
 /// Binds `listen` and receives one guest. Returns the running VM's controller.
-pub fn receive(listen: &MigrationUrl, options: ReceiveOptions) -> Result<VmController, MigrationError> {
+pub fn receive(
+    listen: &MigrationUrl,
+    options: ReceiveOptions,
+) -> Result<VmController, MigrationError> {
     let listener = Listener::bind(listen).map_err(|source| MigrationError::Connect {
         url: listen.to_string(),
         source,
@@ -97,12 +104,12 @@ fn receive_on(
     wire::write_reply(replies, wire::HELLO_OK).map_err(WireError::Io)?;
 
     let start: MigrationStart = match wire::read_source_message(&mut input, |_, _| false)? {
-        SourceMessage::Config(json) => serde_json::from_slice(&json).map_err(|source| {
-            WireError::Json {
+        SourceMessage::Config(json) => {
+            serde_json::from_slice(&json).map_err(|source| WireError::Json {
                 what: "configuration",
                 source,
-            }
-        })?,
+            })?
+        }
         SourceMessage::Abort(reason) => return Err(MigrationError::Aborted(reason)),
         _ => {
             return Err(WireError::Unexpected {

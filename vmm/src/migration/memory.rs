@@ -160,7 +160,11 @@ impl<'a, W: Write + AsFd> MemorySender<'a, W> {
                 let zero = zero_at(i);
                 let start = i;
                 i += 1;
-                let max_run = if zero { usize::MAX } else { MAX_DATA_LEN as usize / PAGE_USIZE };
+                let max_run = if zero {
+                    usize::MAX
+                } else {
+                    MAX_DATA_LEN as usize / PAGE_USIZE
+                };
                 while i < chunk && i - start < max_run && zero_at(i) == zero {
                     i += 1;
                 }
@@ -226,7 +230,8 @@ impl<'a, W: Write + AsFd> MemorySender<'a, W> {
 }
 
 fn bit(map: &[u64], page: usize) -> bool {
-    map.get(page / 64).is_some_and(|w| w >> (page % 64) & 1 == 1)
+    map.get(page / 64)
+        .is_some_and(|w| w >> (page % 64) & 1 == 1)
 }
 
 /// write(2) straight from guest memory, without forming a Rust reference to memory the guest may
@@ -267,7 +272,12 @@ fn host_range(mem: &GuestMemory, gpa: u64, len: u64) -> Option<*mut u8> {
 }
 
 /// Reads a MEM_DATA payload from `input` into guest memory. The caller checked the range.
-pub fn receive_data(mem: &GuestMemory, input: &mut impl Read, gpa: u64, len: u32) -> io::Result<()> {
+pub fn receive_data(
+    mem: &GuestMemory,
+    input: &mut impl Read,
+    gpa: u64,
+    len: u32,
+) -> io::Result<()> {
     let ptr = host_range(mem, gpa, u64::from(len))
         .ok_or_else(|| io::Error::other("memory range outside guest RAM"))?;
     // SAFETY: the range is inside guest memory (checked above); the destination's vCPUs are
@@ -330,10 +340,15 @@ mod tests {
     }
 
     fn pattern(mem: &GuestMemory) {
-        for (i, gpa) in [0x0u64, 0x5000, 0x6000, 0x20_0000, 0x3f_f000].iter().enumerate() {
-            mem.write_obj(0xdead_0000_u64 + i as u64, GuestAddress(*gpa)).unwrap();
+        for (i, gpa) in [0x0u64, 0x5000, 0x6000, 0x20_0000, 0x3f_f000]
+            .iter()
+            .enumerate()
+        {
+            mem.write_obj(0xdead_0000_u64 + i as u64, GuestAddress(*gpa))
+                .unwrap();
         }
-        mem.write_slice(&[7u8; 300 << 10], GuestAddress(0x10_0000)).unwrap();
+        mem.write_slice(&[7u8; 300 << 10], GuestAddress(0x10_0000))
+            .unwrap();
     }
 
     /// Applies a stream to `dst` the way the destination does.
@@ -341,7 +356,9 @@ mod tests {
         let mut r = std::io::Cursor::new(stream);
         while (r.position() as usize) < stream.len() {
             match wire::read_source_message(&mut r, |g, l| range_in_ram(dst, g, l)).unwrap() {
-                wire::SourceMessage::MemData { gpa, len } => receive_data(dst, &mut r, gpa, len).unwrap(),
+                wire::SourceMessage::MemData { gpa, len } => {
+                    receive_data(dst, &mut r, gpa, len).unwrap()
+                }
                 wire::SourceMessage::MemZero { gpa, len } => receive_zero(dst, gpa, len).unwrap(),
                 other => panic!("unexpected {other:?}"),
             }

@@ -130,7 +130,11 @@ fn run(
         let pages = count_dirty(&maps);
         let since = last_fetch.elapsed();
         last_fetch = Instant::now();
-        dirty_rate = if round == 0 { dirty_rate } else { rate(pages * 4096, since) };
+        dirty_rate = if round == 0 {
+            dirty_rate
+        } else {
+            rate(pages * 4096, since)
+        };
         let expected = (pages * 4096) as f64 / bandwidth.max(1.0);
         {
             let mut p = lock(progress);
@@ -171,7 +175,9 @@ fn run(
         let t = Instant::now();
         let before = sender.stats.bytes;
         sender.send_dirty(&memory, &maps).map_err(io)?;
-        sender.send_message(&wire::round_message(round)).map_err(io)?;
+        sender
+            .send_message(&wire::round_message(round))
+            .map_err(io)?;
         let sent = sender.stats.bytes - before;
         if sent > (1 << 20) {
             bandwidth = rate(sent, t.elapsed());
@@ -183,7 +189,15 @@ fn run(
     // Switchover.
     let pause_started = Instant::now();
     lock(controller).pause()?;
-    let result = switchover(controller, &mut sender, &dirty, maps, &memory, options, &mut replies);
+    let result = switchover(
+        controller,
+        &mut sender,
+        &dirty,
+        maps,
+        &memory,
+        options,
+        &mut replies,
+    );
     let bytes = sender.stats.bytes;
     drop(sender);
     drop(dirty);
@@ -262,17 +276,25 @@ fn switchover<W: Write + std::os::fd::AsFd>(
     log::info!("migration: destination ready after {:?}", t.elapsed());
     match reply {
         Reply::Ready => {}
-        Reply::Error(reason) if reason.contains("digest") => return Err(MigrationError::DigestMismatch),
+        Reply::Error(reason) if reason.contains("digest") => {
+            return Err(MigrationError::DigestMismatch)
+        }
         Reply::Error(reason) => return Err(MigrationError::Aborted(reason)),
         other => {
-            return Err(MigrationError::Aborted(format!("unexpected reply {other:?}")));
+            return Err(MigrationError::Aborted(format!(
+                "unexpected reply {other:?}"
+            )));
         }
     }
     // Point of no return: from here on the source never runs this guest again.
-    sender.send_message(&[wire::COMMIT]).map_err(|e| MigrationError::InDoubt(e.to_string()))?;
+    sender
+        .send_message(&[wire::COMMIT])
+        .map_err(|e| MigrationError::InDoubt(e.to_string()))?;
     match wire::read_reply(replies) {
         Ok(Reply::Committed) => Ok(()),
-        Ok(other) => Err(MigrationError::InDoubt(format!("unexpected reply {other:?}"))),
+        Ok(other) => Err(MigrationError::InDoubt(format!(
+            "unexpected reply {other:?}"
+        ))),
         Err(e) => Err(MigrationError::InDoubt(e.to_string())),
     }
 }

@@ -187,10 +187,26 @@ mod tests {
 
     #[test]
     fn parses_urls() {
-        assert_eq!("tcp:127.0.0.1:4000".parse(), Ok(MigrationUrl::Tcp("127.0.0.1:4000".into())));
-        assert_eq!("tcp:[::1]:4000".parse(), Ok(MigrationUrl::Tcp("[::1]:4000".into())));
-        assert_eq!("unix:/tmp/m.sock".parse(), Ok(MigrationUrl::Unix("/tmp/m.sock".into())));
-        for bad in ["tcp:host", "tcp::80", "tcp:h:99999", "unix:", "http://x", "udp:1:2"] {
+        assert_eq!(
+            "tcp:127.0.0.1:4000".parse(),
+            Ok(MigrationUrl::Tcp("127.0.0.1:4000".into()))
+        );
+        assert_eq!(
+            "tcp:[::1]:4000".parse(),
+            Ok(MigrationUrl::Tcp("[::1]:4000".into()))
+        );
+        assert_eq!(
+            "unix:/tmp/m.sock".parse(),
+            Ok(MigrationUrl::Unix("/tmp/m.sock".into()))
+        );
+        for bad in [
+            "tcp:host",
+            "tcp::80",
+            "tcp:h:99999",
+            "unix:",
+            "http://x",
+            "udp:1:2",
+        ] {
             assert!(bad.parse::<MigrationUrl>().is_err(), "{bad}");
         }
     }

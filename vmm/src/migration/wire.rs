@@ -252,7 +252,11 @@ pub fn read_reply(r: &mut impl Read) -> Result<Reply, WireError> {
 }
 
 /// Reads a reply and requires `expected`; an ERROR reply becomes [`WireError::Peer`].
-pub fn expect_reply(r: &mut impl Read, expected: Reply, name: &'static str) -> Result<(), WireError> {
+pub fn expect_reply(
+    r: &mut impl Read,
+    expected: Reply,
+    name: &'static str,
+) -> Result<(), WireError> {
     match read_reply(r)? {
         Reply::Error(reason) => Err(WireError::Peer(reason)),
         got if got == expected => Ok(()),
@@ -299,8 +303,14 @@ mod tests {
         ));
         let mut v2 = buf.clone();
         v2[8] = 2;
-        assert!(matches!(read_hello(&mut Cursor::new(&v2)), Err(WireError::Version(2))));
-        assert!(matches!(read_hello(&mut Cursor::new(&buf[..5])), Err(WireError::Io(_))));
+        assert!(matches!(
+            read_hello(&mut Cursor::new(&v2)),
+            Err(WireError::Version(2))
+        ));
+        assert!(matches!(
+            read_hello(&mut Cursor::new(&buf[..5])),
+            Err(WireError::Io(_))
+        ));
     }
 
     #[test]
@@ -308,9 +318,17 @@ mod tests {
         let ok = mem_data_header(0x1000, 0x2000);
         assert_eq!(
             read_source_message(&mut Cursor::new(&ok), all_ram).unwrap(),
-            SourceMessage::MemData { gpa: 0x1000, len: 0x2000 }
+            SourceMessage::MemData {
+                gpa: 0x1000,
+                len: 0x2000
+            }
         );
-        for (gpa, len) in [(0x1001, 0x1000), (0x1000, 0x1001), (0x1000, 0), ((1 << 30) - 0x1000, 0x2000)] {
+        for (gpa, len) in [
+            (0x1001, 0x1000),
+            (0x1000, 0x1001),
+            (0x1000, 0),
+            ((1 << 30) - 0x1000, 0x2000),
+        ] {
             let h = mem_data_header(gpa, len);
             assert!(matches!(
                 read_source_message(&mut Cursor::new(&h), all_ram),

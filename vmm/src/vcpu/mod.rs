@@ -234,8 +234,14 @@ enum Outcome {
     Exit { code: i32, dump: bool },
 }
 
-const STOP: Option<Outcome> = Some(Outcome::Exit { code: 0, dump: false });
-const FAIL: Option<Outcome> = Some(Outcome::Exit { code: 1, dump: true });
+const STOP: Option<Outcome> = Some(Outcome::Exit {
+    code: 0,
+    dump: false,
+});
+const FAIL: Option<Outcome> = Some(Outcome::Exit {
+    code: 1,
+    dump: true,
+});
 
 /// Routes one exit. Returns `Some` when the VM must stop.
 fn handle_exit(index: u8, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<Outcome> {
@@ -300,7 +306,9 @@ fn handle_exit(index: u8, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<Outco
         }
         VcpuExit::FailEntry(reason, cpu) => {
             m.other.inc();
-            log::error!("vCPU {index}: VM entry failed, hardware reason {reason:#x} on host CPU {cpu}");
+            log::error!(
+                "vCPU {index}: VM entry failed, hardware reason {reason:#x} on host CPU {cpu}"
+            );
             FAIL
         }
         other => {
@@ -317,8 +325,22 @@ pub fn register_dump(fd: &VcpuFd) -> String {
         (Ok(r), Ok(s)) => format!(
             "rip={:#018x} rsp={:#018x} rflags={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} \
              rsi={:#x} rdi={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}(l={} db={})",
-            r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, s.cr0, s.cr3, s.cr4,
-            s.efer, s.cs.selector, s.cs.l, s.cs.db
+            r.rip,
+            r.rsp,
+            r.rflags,
+            r.rax,
+            r.rbx,
+            r.rcx,
+            r.rdx,
+            r.rsi,
+            r.rdi,
+            s.cr0,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.cs.selector,
+            s.cs.l,
+            s.cs.db
         ),
         (Err(e), _) | (_, Err(e)) => format!("<registers unavailable: {e}>"),
     }

@@ -1,0 +1,68 @@
+//! The tests that need no device: `boot`, `serial` and `info`.
+
+use super::{fail_str, pass, tsc, user, Global, State};
+use ferry_probe::bootinfo::{BootError, BootProtocol};
+use ferry_probe::fmt::LineBuf;
+use ferry_probe::tables;
+
+/// `boot`: memory size, CPU count and command-line health.
+pub fn boot(st: &State) {
+    if let Some(e) = st.boot_error {
+        fail_str(match e {
+            BootError::BadMagic => "bad hvm_start_info magic",
+            BootError::Unreadable => "boot information unreadable",
+        });
+        return;
+    }
+    let cmdline_ok = st.boot.has_cmdline && st.cfg.errors == 0;
+    let mut l = LineBuf::new();
+    l.str("mem_mib=").dec(st.boot.usable_mib());
+    l.str(" cpus=").dec(st.cpus.cpus() as u64);
+    l.str(" cmdline_ok=").dec(u64::from(cmdline_ok));
+    pass(&l);
+}
+
+/// `info`: diagnostics (boot protocol, CPU table, TSC frequency, memory map size).
+pub fn info(st: &State) {
+    let mut l = LineBuf::new();
+    l.str("protocol=").str(match st.boot.protocol {
+        BootProtocol::Pvh => "pvh",
+        BootProtocol::Linux64 => "linux64",
+    });
+    l.str(" cpu_table=").str(match st.cpus.source {
+        tables::CpuSource::None => "none",
+        tables::CpuSource::MpTable => "mptable",
+        tables::CpuSource::Madt => "madt",
+    });
+    l.str(" tsc_khz=")
+        .dec(tsc::khz())
+        .str(" e820_entries=")
+        .dec(st.boot.mem_count as u64);
+    l.str(" virtio_devices=").dec(st.cfg.virtio_count as u64);
+    pass(&l);
+}
+
+static SERIAL_TEXT: Global<[u8; ferry_probe::serial_text::SERIAL_TEXT_LEN]> =
+    Global::new([0; 4096]);
+
+/// Ring 3: generates the serial text and returns its CRC-32.
+extern "C" fn serial_text_gen(_: u64) -> u64 {
+    // SAFETY: only this function and `serial_test` (after it returns) touch the buffer.
+    let buf = unsafe { &mut *SERIAL_TEXT.ptr() };
+    ferry_probe::serial_text::serial_text(buf);
+    u64::from(ferry_probe::crc32::crc32(buf))
+}
+
+/// `serial`: prints the known 4 KiB text, then its length and CRC-32.
+pub fn serial() {
+    let crc = user::call(serial_text_gen, 0);
+    // SAFETY: filled by `serial_text_gen`; no writer remains.
+    let text = unsafe { &*SERIAL_TEXT.ptr() };
+    super::serial::write(text);
+    let mut l = LineBuf::new();
+    l.str("bytes=")
+        .dec(text.len() as u64)
+        .str(" crc32=")
+        .hex_fixed(crc, 8);
+    pass(&l);
+}
