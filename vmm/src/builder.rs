@@ -95,18 +95,61 @@ fn build(config: &VmConfig, options: &BuildOptions, mode: BuildMode) -> Result<B
         .map_err(|e| VmmError::Kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
     vm.create_irq_chip()
         .map_err(|e| VmmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit)
-        .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
-
     let mem_size = config.machine.mem_size_mib << 20;
     let memory = create_guest_memory(mem_size)?;
-    register_memory(&vm, &memory, config.machine.track_dirty_pages)?;
-    let vm = Arc::new(vm);
+    // Creating the PIT (a kernel thread) and the first memory slot each block for milliseconds
+    // inside KVM without using the CPU; overlap them with each other and with device setup and
+    // kernel loading.
+    std::thread::scope(|scope| {
+        let pit = scope.spawn(|| {
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            vm.create_pit2(pit)
+                .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))
+        });
+        let slots = scope.spawn(|| register_memory(&vm, &memory, config.machine.track_dirty_pages));
+        let rest = build_rest(config, options, &kvm, &vm, &memory, boot_files, serial_output);
+        let joined = |r: std::thread::Result<Result<(), VmmError>>| {
+            r.unwrap_or_else(|_| Err(VmmError::Device("a VM setup thread panicked".into())))
+        };
+        joined(pit.join())?;
+        joined(slots.join())?;
+        rest
+    })
+    .map(|parts| BuiltVm {
+        kvm,
+        vm: Arc::new(vm),
+        memory,
+        vcpus: parts.vcpus,
+        context: parts.context,
+        serial: parts.serial,
+        subscribers: parts.subscribers,
+        virtio: parts.virtio,
+    })
+}
 
+/// What the rest of the build produces.
+struct BuiltParts {
+    vcpus: Vec<Vcpu>,
+    context: VcpuContext,
+    serial: Arc<Mutex<Serial>>,
+    subscribers: Vec<Subscriber>,
+    virtio: VirtioDevices,
+}
+
+/// Devices, boot information and vCPUs (everything after the VM and its memory exist).
+fn build_rest(
+    config: &VmConfig,
+    options: &BuildOptions,
+    kvm: &Kvm,
+    vm: &VmFd,
+    memory: &GuestMemory,
+    boot_files: Option<BootFiles>,
+    serial_output: SerialOutput,
+) -> Result<BuiltParts, VmmError> {
+    let cpus = config.machine.vcpu_count;
     // Legacy devices.
     let exit = ExitCode::new().map_err(VmmError::io("creating the exit eventfd"))?;
     let mut pio = Bus::new();
@@ -138,11 +181,11 @@ fn build(config: &VmConfig, options: &BuildOptions, mode: BuildMode) -> Result<B
 
     // virtio devices, announced on the command line.
     let mut mmio = Bus::new();
-    let virtio = attach_virtio_devices(config, &vm, &memory, &mut mmio)?;
+    let virtio = attach_virtio_devices(config, vm, memory, &mut mmio)?;
     subscribers.extend(virtio.subscribers());
 
     let boot = match boot_files {
-        Some(files) => Some(load_boot(config, options, &memory, files, &virtio)?),
+        Some(files) => Some(load_boot(config, options, memory, files, &virtio)?),
         None => None,
     };
     let mp = mptable::build(MPTABLE_ADDR, cpus).map_err(|e| VmmError::Config(e.to_string()))?;
@@ -182,10 +225,7 @@ fn build(config: &VmConfig, options: &BuildOptions, mode: BuildMode) -> Result<B
         exit,
         metrics: Arc::new(VcpuMetrics::default()),
     };
-    Ok(BuiltVm {
-        kvm,
-        vm,
-        memory,
+    Ok(BuiltParts {
         vcpus,
         context,
         serial,
