@@ -8,6 +8,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod net;
 pub mod persist;
 pub mod storage;
 pub mod virtio;

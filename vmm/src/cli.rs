@@ -4,7 +4,8 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ferry_api::{
-    BootSource, MachineConfig, NetBackendConfig, SerialConfig, SerialOutput, VmConfig,
+    BootSource, DriveConfig, MachineConfig, NetBackendConfig, NetConfig, SerialConfig,
+    SerialOutput, VmConfig,
 };
 use ferry_arch::boot::BootPreference;
 use ferry_arch::cpuid::{feature_by_name, CpuFeature, HIDEABLE_FEATURES};
@@ -112,6 +113,15 @@ pub struct RunArgs {
     /// CPUID features to hide from the guest, comma-separated (e.g. `avx512f,avx2`).
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_cpu_feature)]
     pub cpu_hide: Vec<&'static CpuFeature>,
+    /// A virtio-blk disk (repeatable): a file, a block device (e.g. an LVM volume) or an
+    /// iscsi://[user[%password]@]host[:port]/IQN/LUN URL.
+    #[arg(long = "disk", value_name = "path=PATH[,id=ID][,readonly=on][,direct=on|off][,chap-secret-file=FILE]",
+          value_parser = parse_disk)]
+    pub disks: Vec<DriveConfig>,
+    /// A virtio-net interface (repeatable).
+    #[arg(long = "net", value_name = "macvtap=NAME|tap=NAME|fd=N[,mac=MAC][,id=ID][,queues=N]",
+          value_parser = parse_net)]
+    pub nets: Vec<NetConfig>,
     /// Serve the HTTP API on this Unix socket. Without --kernel/--restore, wait to be configured
     /// through it.
     #[arg(long, value_name = "PATH")]
@@ -138,8 +148,8 @@ impl RunArgs {
             }),
             serial,
             exit_device_port: self.exit_device,
-            drives: Vec::new(),
-            nets: Vec::new(),
+            drives: with_default_ids(self.disks.clone(), "disk", |d| &mut d.drive_id),
+            nets: with_default_ids(self.nets.clone(), "net", |n| &mut n.iface_id),
         };
         let options = BuildOptions {
             boot: match self.boot {
@@ -169,6 +179,145 @@ pub fn serial_config(flag: Option<&SerialOutput>, stdin_is_terminal: bool) -> Se
             output: other.clone(),
             stdin: false,
         },
+    }
+}
+
+/// Gives entries without an `id=` the id `<prefix><index>`.
+fn with_default_ids<T>(mut items: Vec<T>, prefix: &str, id: impl Fn(&mut T) -> &mut String) -> Vec<T> {
+    for (i, item) in items.iter_mut().enumerate() {
+        let id = id(item);
+        if id.is_empty() {
+            *id = format!("{prefix}{i}");
+        }
+    }
+    items
+}
+
+/// Splits `key=value,key=value`; values may not contain commas.
+fn key_values(text: &str) -> Result<Vec<(&str, &str)>, String> {
+    text.split(',')
+        .map(|part| {
+            part.split_once('=')
+                .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+                .ok_or_else(|| format!("'{part}' in '{text}' is not key=value"))
+        })
+        .collect()
+}
+
+fn on_off(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{key}={value}: expected on or off")),
+    }
+}
+
+fn check_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("id '{id}': use 1 to 64 letters, digits, '_' or '-'"))
+    }
+}
+
+fn parse_disk(text: &str) -> Result<DriveConfig, String> {
+    let mut drive = DriveConfig {
+        drive_id: String::new(),
+        path_on_host: String::new(),
+        is_root_device: false,
+        is_read_only: false,
+        direct: None,
+        chap_secret_file: None,
+    };
+    for (key, value) in key_values(text)? {
+        match key {
+            "path" => drive.path_on_host = value.to_string(),
+            "id" => {
+                check_id(value)?;
+                drive.drive_id = value.to_string();
+            }
+            "readonly" => drive.is_read_only = on_off(key, value)?,
+            "direct" => drive.direct = Some(on_off(key, value)?),
+            "chap-secret-file" => drive.chap_secret_file = Some(value.to_string()),
+            other => {
+                return Err(format!(
+                    "unknown disk option '{other}' (known: path, id, readonly, direct, chap-secret-file)"
+                ))
+            }
+        }
+    }
+    if drive.path_on_host.is_empty() {
+        return Err(format!("'{text}': path=PATH is required"));
+    }
+    Ok(drive)
+}
+
+fn parse_net(text: &str) -> Result<NetConfig, String> {
+    let mut backend = None;
+    let mut net = NetConfig {
+        iface_id: String::new(),
+        backend: NetBackendConfig::Fd(-1),
+        guest_mac: None,
+        queues: 1,
+    };
+    for (key, value) in key_values(text)? {
+        let chosen = match key {
+            "macvtap" => Some(NetBackendConfig::Macvtap(value.to_string())),
+            "tap" => Some(NetBackendConfig::Tap(value.to_string())),
+            "fd" => Some(NetBackendConfig::Fd(
+                value
+                    .parse()
+                    .ok()
+                    .filter(|fd: &i32| *fd >= 0)
+                    .ok_or_else(|| format!("fd={value}: expected a file descriptor number"))?,
+            )),
+            "mac" => {
+                check_mac(value)?;
+                net.guest_mac = Some(value.to_ascii_lowercase());
+                None
+            }
+            "id" => {
+                check_id(value)?;
+                net.iface_id = value.to_string();
+                None
+            }
+            "queues" => {
+                net.queues = value
+                    .parse()
+                    .ok()
+                    .filter(|q| (1..=16).contains(q))
+                    .ok_or_else(|| format!("queues={value}: expected 1 to 16"))?;
+                None
+            }
+            other => {
+                return Err(format!(
+                    "unknown net option '{other}' (known: macvtap, tap, fd, mac, id, queues)"
+                ))
+            }
+        };
+        if let Some(chosen) = chosen {
+            if backend.replace(chosen).is_some() {
+                return Err(format!("'{text}': give one of macvtap=, tap= or fd="));
+            }
+        }
+    }
+    net.backend = backend.ok_or_else(|| format!("'{text}': macvtap=NAME, tap=NAME or fd=N is required"))?;
+    Ok(net)
+}
+
+fn check_mac(text: &str) -> Result<(), String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("mac={text}: expected six hex bytes like 52:54:00:12:34:56"))
     }
 }
 
@@ -367,6 +516,46 @@ mod tests {
             let mut argv = vec!["ferry", "receive", "--listen", "unix:/tmp/x"];
             argv.extend_from_slice(&bad);
             assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn disks_and_nets() {
+        let args = run_args(&[
+            "--kernel", "k",
+            "--disk", "path=/img/a.raw",
+            "--disk", "path=iscsi://u%p@h:3261/iqn.2026-11.x:t/1,id=data,readonly=on,direct=off,chap-secret-file=/s",
+            "--net", "macvtap=mvt0,mac=52:54:00:AB:cd:01,queues=2",
+            "--net", "tap=tap0,id=lan",
+        ])
+        .unwrap();
+        let (config, _) = args.to_config(false);
+        assert_eq!(config.drives[0].drive_id, "disk0");
+        assert_eq!(config.drives[0].path_on_host, "/img/a.raw");
+        let d = &config.drives[1];
+        assert_eq!((d.drive_id.as_str(), d.is_read_only, d.direct), ("data", true, Some(false)));
+        assert_eq!(d.chap_secret_file.as_deref(), Some("/s"));
+        let n = &config.nets[0];
+        assert_eq!(n.iface_id, "net0");
+        assert_eq!(n.backend, NetBackendConfig::Macvtap("mvt0".into()));
+        assert_eq!(n.guest_mac.as_deref(), Some("52:54:00:ab:cd:01"));
+        assert_eq!(n.queues, 2);
+        assert_eq!(config.nets[1].iface_id, "lan");
+        assert_eq!(config.nets[1].backend, NetBackendConfig::Tap("tap0".into()));
+    }
+
+    #[test]
+    fn bad_disks_and_nets() {
+        for bad in [
+            "id=x", "path=", "path=/a,readonly=maybe", "path=/a,size=3", "path=/a,id=bad id", "junk",
+        ] {
+            assert!(parse_disk(bad).is_err(), "{bad}");
+        }
+        for bad in [
+            "mac=52:54:00:00:00:01", "tap=a,macvtap=b", "fd=-1", "fd=x", "tap=t,mac=1:2:3",
+            "tap=t,queues=0", "tap=t,queues=99", "bridge=br0",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad}");
         }
     }
 

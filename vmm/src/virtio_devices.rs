@@ -1,84 +1,319 @@
 //! Attaching virtio-mmio devices (block, net) to a VM: a window on the MMIO bus, an ioeventfd per
-//! queue, an irqfd per device, and a `virtio_mmio.device=` command-line entry.
+//! queue (guest kicks never exit to userspace), an irqfd per device, and a `virtio_mmio.device=`
+//! command-line entry. Also the per-device operations the controller needs: save/restore,
+//! quiesce, resize, announce, metrics.
 
-use kvm_ioctls::VmFd;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use ferry_api::VmConfig;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use serde::{Deserialize, Serialize};
+
+use ferry_api::{DriveConfig, NetBackendConfig, NetConfig, VmConfig};
+use ferry_arch::layout::{virtio_mmio_addr, VIRTIO_IRQ_FIRST, VIRTIO_IRQ_LAST, VIRTIO_MMIO_SIZE};
 use ferry_arch::GuestMemory;
 use ferry_devices::bus::Bus;
+use ferry_devices::net::{open_net_backend, NetBackendSpec, NetSpec};
+use ferry_devices::persist::Persist;
+use ferry_devices::storage::open::{open_disk_with, DiskOptions};
+use ferry_devices::virtio::block::Block;
+use ferry_devices::virtio::mmio::{MmioTransport, MmioTransportState};
+use ferry_devices::virtio::net::Net;
+use ferry_devices::virtio::VirtioDevice;
 
 use crate::error::VmmError;
 use crate::event_loop::Subscriber;
 
+/// Offset of the QueueNotify register in a virtio-mmio window.
+const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The device model behind a transport.
+enum Model {
+    Block(Arc<Mutex<Block>>),
+    Net(Arc<Mutex<Net>>),
+}
+
+/// One attached device.
+struct Attached {
+    id: String,
+    model: Model,
+    transport: Arc<Mutex<MmioTransport>>,
+}
+
+/// Saved state of one virtio device: its model's and its transport's.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VirtioDeviceSnapshot {
+    pub id: String,
+    pub model: serde_json::Value,
+    pub transport: MmioTransportState,
+}
+
 /// Saved state of every virtio device, in attachment order.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct VirtioSnapshot {
-    pub devices: Vec<serde_json::Value>,
+    pub devices: Vec<VirtioDeviceSnapshot>,
 }
 
 /// The virtio devices of a VM.
 #[derive(Default)]
 pub struct VirtioDevices {
     entries: Vec<String>,
-    subscribers: Vec<Subscriber>,
+    devices: Vec<Attached>,
+}
+
+/// Creates every configured virtio device: drives first, then network interfaces.
+pub fn attach_virtio_devices(
+    config: &VmConfig,
+    vm: &VmFd,
+    memory: &GuestMemory,
+    mmio: &mut Bus,
+) -> Result<VirtioDevices, VmmError> {
+    let count = config.drives.len() + config.nets.len();
+    let slots = (VIRTIO_IRQ_LAST - VIRTIO_IRQ_FIRST + 1) as usize;
+    if count > slots {
+        return Err(VmmError::Config(format!(
+            "{count} virtio devices configured; at most {slots} fit"
+        )));
+    }
+    let mut devices = VirtioDevices::default();
+    for drive in &config.drives {
+        let block = open_block(drive)?;
+        devices.attach(vm, memory, mmio, &drive.drive_id, Model::Block(block))?;
+    }
+    for net in &config.nets {
+        let device = open_net(net)?;
+        devices.attach(vm, memory, mmio, &net.iface_id, Model::Net(device))?;
+    }
+    Ok(devices)
+}
+
+fn open_block(drive: &DriveConfig) -> Result<Arc<Mutex<Block>>, VmmError> {
+    let options = DiskOptions {
+        read_only: drive.is_read_only,
+        direct: drive.direct,
+        chap_secret_file: drive.chap_secret_file.as_ref().map(PathBuf::from),
+        ..DiskOptions::default()
+    };
+    let backend = open_disk_with(&drive.path_on_host, &options)
+        .map_err(|e| VmmError::Device(format!("disk '{}': {e}", drive.drive_id)))?;
+    Block::new_shared(&drive.drive_id, backend)
+        .map_err(VmmError::io(format!("disk '{}'", drive.drive_id)))
+}
+
+fn open_net(net: &NetConfig) -> Result<Arc<Mutex<Net>>, VmmError> {
+    let spec = NetSpec {
+        backend: match &net.backend {
+            NetBackendConfig::Tap(name) => NetBackendSpec::Tap(name.clone()),
+            NetBackendConfig::Macvtap(name) => NetBackendSpec::Macvtap(name.clone()),
+            NetBackendConfig::Fd(fd) => NetBackendSpec::Fd(*fd),
+        },
+        mac: net.guest_mac.clone(),
+        queues: net.queues,
+    };
+    let backend = open_net_backend(&spec)
+        .map_err(|e| VmmError::Device(format!("network interface '{}': {e}", net.iface_id)))?;
+    Net::new_shared(backend).map_err(VmmError::io(format!("network interface '{}'", net.iface_id)))
 }
 
 impl VirtioDevices {
+    fn attach(
+        &mut self,
+        vm: &VmFd,
+        memory: &GuestMemory,
+        mmio: &mut Bus,
+        id: &str,
+        model: Model,
+    ) -> Result<(), VmmError> {
+        let index = self.devices.len() as u32;
+        let addr = virtio_mmio_addr(index);
+        let irq = VIRTIO_IRQ_FIRST + index;
+        let device: Arc<Mutex<dyn VirtioDevice>> = match &model {
+            Model::Block(b) => b.clone(),
+            Model::Net(n) => n.clone(),
+        };
+        let transport = MmioTransport::new(memory.clone(), device)
+            .map_err(VmmError::io(format!("virtio transport for '{id}'")))?;
+        for (queue, evt) in transport.queue_notify_evts() {
+            vm.register_ioevent(evt, &IoEventAddress::Mmio(addr + QUEUE_NOTIFY_OFFSET), queue)
+                .map_err(|e| VmmError::Kvm("KVM_IOEVENTFD", e))?;
+        }
+        vm.register_irqfd(transport.interrupt_evt(), irq)
+            .map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(transport.clone(), addr, VIRTIO_MMIO_SIZE)?;
+        self.entries
+            .push(format!("virtio_mmio.device=4K@{addr:#x}:{irq}"));
+        self.devices.push(Attached {
+            id: id.to_string(),
+            model,
+            transport,
+        });
+        Ok(())
+    }
+
     /// `virtio_mmio.device=` entries for the kernel command line.
     pub fn cmdline_entries(&self) -> Vec<String> {
         self.entries.clone()
     }
 
-    /// Saves every device (VM paused).
-    pub fn save(&self) -> VirtioSnapshot {
-        VirtioSnapshot::default()
+    /// Event-loop subscribers of the devices.
+    pub fn subscribers(&self) -> Vec<Subscriber> {
+        self.devices
+            .iter()
+            .map(|d| -> Subscriber {
+                match &d.model {
+                    Model::Block(b) => b.clone(),
+                    Model::Net(n) => n.clone(),
+                }
+            })
+            .collect()
     }
 
-    /// Restores every device (VM not yet running).
-    pub fn restore(&self, snapshot: &VirtioSnapshot) -> Result<(), VmmError> {
-        if snapshot.devices.len() != self.entries.len() {
-            return Err(VmmError::Config(format!(
-                "the saved state has {} virtio devices, this VM has {}",
-                snapshot.devices.len(),
-                self.entries.len()
-            )));
+    /// Completes in-flight block requests (VM paused, before save): afterwards every request the
+    /// guest made is either completed or still in its avail ring, and disks are flushed by the
+    /// backends' completion of writes.
+    pub fn quiesce(&self) -> Result<(), VmmError> {
+        for d in &self.devices {
+            if let Model::Block(b) = &d.model {
+                lock(b).quiesce();
+            }
         }
         Ok(())
     }
 
-    /// Completes or hands over in-flight requests and flushes disks (VM paused, before save).
-    pub fn quiesce(&self) -> Result<(), VmmError> {
+    /// Saves every device (VM paused and quiesced).
+    pub fn save(&self) -> VirtioSnapshot {
+        let devices = self
+            .devices
+            .iter()
+            .map(|d| {
+                let model = match &d.model {
+                    Model::Block(b) => serde_json::to_value(lock(b).save_state()),
+                    Model::Net(n) => serde_json::to_value(lock(n).save_state()),
+                }
+                .unwrap_or(serde_json::Value::Null);
+                VirtioDeviceSnapshot {
+                    id: d.id.clone(),
+                    model,
+                    transport: lock(&d.transport).save_state(),
+                }
+            })
+            .collect();
+        VirtioSnapshot { devices }
+    }
+
+    /// Restores every device (VM not yet running): the model first, then the transport, which
+    /// re-activates a device the driver had started.
+    pub fn restore(&self, snapshot: &VirtioSnapshot) -> Result<(), VmmError> {
+        if snapshot.devices.len() != self.devices.len() {
+            return Err(VmmError::Config(format!(
+                "the saved state has {} virtio devices, this VM has {}",
+                snapshot.devices.len(),
+                self.devices.len()
+            )));
+        }
+        for (d, saved) in self.devices.iter().zip(&snapshot.devices) {
+            if d.id != saved.id {
+                return Err(VmmError::Config(format!(
+                    "saved virtio device '{}' does not match '{}' here",
+                    saved.id, d.id
+                )));
+            }
+            let bad = |e: String| VmmError::Config(format!("virtio device '{}': {e}", d.id));
+            match &d.model {
+                Model::Block(b) => {
+                    let state = serde_json::from_value(saved.model.clone())
+                        .map_err(|e| bad(e.to_string()))?;
+                    lock(b).restore_state(&state).map_err(|e| bad(e.to_string()))?;
+                }
+                Model::Net(n) => {
+                    let state = serde_json::from_value(saved.model.clone())
+                        .map_err(|e| bad(e.to_string()))?;
+                    lock(n).restore_state(&state).map_err(|e| bad(e.to_string()))?;
+                }
+            }
+            lock(&d.transport)
+                .restore_state(&saved.transport)
+                .map_err(|e| bad(e.to_string()))?;
+        }
         Ok(())
     }
 
-    /// Re-reads a drive's size (and optionally switches its path), then tells the guest.
-    pub fn resize_drive(&self, drive_id: &str, _path: Option<&str>) -> Result<(), VmmError> {
-        Err(VmmError::Config(format!("no drive '{drive_id}'")))
+    /// Re-reads a drive's size and tells the guest (config-change interrupt). A new path is not
+    /// supported while running: the backend stays open on its current path.
+    pub fn resize_drive(&self, drive_id: &str, path: Option<&str>) -> Result<u64, VmmError> {
+        let device = self
+            .devices
+            .iter()
+            .find(|d| d.id == drive_id && matches!(d.model, Model::Block(_)))
+            .ok_or_else(|| VmmError::Config(format!("no drive '{drive_id}'")))?;
+        let Model::Block(block) = &device.model else {
+            return Err(VmmError::Config(format!("no drive '{drive_id}'")));
+        };
+        let _ = path;
+        lock(block)
+            .refresh_capacity()
+            .map_err(VmmError::io(format!("re-reading the size of drive '{drive_id}'")))
+    }
+
+    /// Tells the network where the guest is now (after a migration).
+    pub fn announce(&self) {
+        for d in &self.devices {
+            if let Model::Net(n) = &d.model {
+                if let Err(e) = lock(n).announce() {
+                    log::warn!("announcing interface '{}': {e}", d.id);
+                }
+            }
+        }
     }
 
     /// Appends per-device counters in Prometheus text format.
-    pub fn write_metrics(&self, _out: &mut String) {}
-
-    /// Tells the network where the guest is now (after a migration).
-    pub fn announce(&self) {}
-
-    /// Event-loop subscribers of the devices.
-    pub fn subscribers(&self) -> Vec<Subscriber> {
-        self.subscribers.clone()
+    pub fn write_metrics(&self, out: &mut String) {
+        for d in &self.devices {
+            match &d.model {
+                Model::Block(b) => {
+                    let m = lock(b).metrics();
+                    for (name, value) in [
+                        ("requests", &m.requests),
+                        ("read_bytes", &m.read_bytes),
+                        ("write_bytes", &m.write_bytes),
+                        ("flushes", &m.flushes),
+                        ("errors", &m.errors),
+                    ] {
+                        let _ = writeln!(
+                            out,
+                            "ferry_block_{name}_total{{drive=\"{}\"}} {}",
+                            d.id,
+                            value.load(Ordering::Relaxed)
+                        );
+                    }
+                }
+                Model::Net(n) => {
+                    let m = lock(n).metrics();
+                    for (name, value) in [
+                        ("rx_frames", &m.rx_frames),
+                        ("rx_bytes", &m.rx_bytes),
+                        ("tx_frames", &m.tx_frames),
+                        ("tx_bytes", &m.tx_bytes),
+                        ("rx_dropped", &m.rx_dropped),
+                        ("tx_dropped", &m.tx_dropped),
+                        ("bad_chains", &m.bad_chains),
+                    ] {
+                        let _ = writeln!(
+                            out,
+                            "ferry_net_{name}_total{{iface=\"{}\"}} {}",
+                            d.id,
+                            value.load(Ordering::Relaxed)
+                        );
+                    }
+                }
+            }
+        }
     }
-}
-
-/// Creates every configured virtio device.
-pub fn attach_virtio_devices(
-    config: &VmConfig,
-    _vm: &VmFd,
-    _memory: &GuestMemory,
-    _mmio: &mut Bus,
-) -> Result<VirtioDevices, VmmError> {
-    if !config.drives.is_empty() || !config.nets.is_empty() {
-        return Err(VmmError::Config(
-            "virtio devices are not available in this build yet".into(),
-        ));
-    }
-    Ok(VirtioDevices::default())
 }

@@ -160,31 +160,29 @@ impl Persist for Serial {
         };
         // Rebuild around the same interrupt and output.
         let placeholder = vm_superio::Serial::new(
-            EventFdTrigger(
-                EventFd::new(libc::EFD_NONBLOCK).map_err(|source| RestoreError::Io {
+            EventFdTrigger(EventFd::new(libc::EFD_NONBLOCK).map_err(|source| {
+                RestoreError::Io {
                     device: "serial",
                     source,
-                })?,
-            ),
+                }
+            })?),
             SerialOutput::Sink,
         );
         let old = std::mem::replace(&mut self.inner, placeholder);
-        let trigger = EventFdTrigger(
-            old.interrupt_evt()
-                .0
-                .try_clone()
-                .map_err(|source| RestoreError::Io {
-                    device: "serial",
-                    source,
-                })?,
-        );
-        let output = old.into_writer();
-        self.inner = vm_superio::Serial::from_state(&s, trigger, NoEvents, output).map_err(|e| {
-            RestoreError::Invalid {
+        let trigger = EventFdTrigger(old.interrupt_evt().0.try_clone().map_err(|source| {
+            RestoreError::Io {
                 device: "serial",
-                reason: format!("{e:?}"),
+                source,
             }
-        })?;
+        })?);
+        let output = old.into_writer();
+        self.inner =
+            vm_superio::Serial::from_state(&s, trigger, NoEvents, output).map_err(|e| {
+                RestoreError::Invalid {
+                    device: "serial",
+                    reason: format!("{e:?}"),
+                }
+            })?;
         Ok(())
     }
 }
@@ -241,7 +239,10 @@ mod tests {
         let saved = dev.save_state();
         assert_eq!(saved.in_buffer, b"ab");
 
-        let mut restored = Serial::new(EventFd::new(libc::EFD_NONBLOCK).unwrap(), SerialOutput::Sink);
+        let mut restored = Serial::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            SerialOutput::Sink,
+        );
         restored.restore_state(&saved).unwrap();
         assert_eq!(read(&mut restored, LCR), 0x03);
         assert_eq!(read(&mut restored, THR), b'a');

@@ -12,6 +12,8 @@
 use std::io;
 use std::os::fd::RawFd;
 
+pub mod iscsi;
+
 /// What a backend can do, as the guest will be told through virtio-blk config space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskInfo {
@@ -126,3 +128,10 @@ pub trait DiskBackend: Send {
     /// Number of requests submitted and not yet returned by `poll_completions`.
     fn in_flight(&self) -> usize;
 }
+
+pub mod block_device;
+pub mod file;
+pub mod null;
+pub mod open;
+pub mod raw;
+pub mod uring;

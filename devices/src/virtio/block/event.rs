@@ -1,0 +1,68 @@
+//! The block device as an event-loop subscriber (see the `virtio` module docs for the flow).
+
+use std::os::fd::AsRawFd;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+
+use super::Block;
+
+const EV_ACTIVATE: u32 = 0;
+const EV_QUEUE: u32 = 1;
+const EV_BACKEND: u32 = 2;
+
+impl Block {
+    /// Adds the queue and backend fds to the event loop the first time the device activates;
+    /// they stay registered for the device's life.
+    fn register_fds(&mut self, ops: &mut EventOps) {
+        if let Some(evt) = &self.queue_evt {
+            let fd = evt.as_raw_fd();
+            if self.registered_queue_fd != Some(fd) {
+                match ops.add(Events::with_data(evt.as_ref(), EV_QUEUE, EventSet::IN)) {
+                    Ok(()) => self.registered_queue_fd = Some(fd),
+                    Err(e) => log::error!("virtio-blk: cannot watch the queue eventfd: {e}"),
+                }
+            }
+        }
+        if let Some(fd) = self.backend.notifier() {
+            if self.registered_backend_fd != Some(fd) {
+                match ops.add(Events::with_data_raw(fd, EV_BACKEND, EventSet::IN)) {
+                    Ok(()) => self.registered_backend_fd = Some(fd),
+                    Err(e) => log::error!("virtio-blk: cannot watch the backend notifier: {e}"),
+                }
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for Block {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::with_data(
+            &self.activate_evt,
+            EV_ACTIVATE,
+            EventSet::IN,
+        )) {
+            log::error!("virtio-blk: cannot watch the activate eventfd: {e}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            EV_ACTIVATE => {
+                let _ = self.activate_evt.read();
+                self.register_fds(ops);
+                // Requests may already wait (driver kicked early, restored snapshot).
+                self.process_queue();
+            }
+            EV_QUEUE => {
+                if let Some(evt) = &self.queue_evt {
+                    let _ = evt.read();
+                }
+                self.process_queue();
+            }
+            // process_queue reaps completions first, then continues with any requests the
+            // backend had no room for.
+            EV_BACKEND => self.process_queue(),
+            other => log::warn!("virtio-blk: unexpected event {other}"),
+        }
+    }
+}
