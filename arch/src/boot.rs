@@ -9,7 +9,9 @@ use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
 use linux_loader::loader::{self, BzImage, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, ReadVolatile};
+use vm_memory::{
+    ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, ReadVolatile,
+};
 
 use crate::layout::{
     e820_map, CMDLINE_ADDR, CMDLINE_MAX_SIZE, HIGH_MEMORY_START, PAGE_SIZE, PVH_INFO_ADDR,
@@ -316,7 +318,10 @@ mod tests {
             write_cmdline(&m, &"x".repeat(CMDLINE_MAX_SIZE)),
             Err(BootError::CmdlineTooLong { .. })
         ));
-        assert!(matches!(write_cmdline(&m, "a\0b"), Err(BootError::CmdlineNul)));
+        assert!(matches!(
+            write_cmdline(&m, "a\0b"),
+            Err(BootError::CmdlineNul)
+        ));
     }
 
     #[test]
@@ -341,8 +346,16 @@ mod tests {
     #[test]
     fn pvh_info_describes_memory_and_cmdline() {
         let m = mem(64 << 20);
-        write_pvh_info(&m, 64 << 20, 10, Some(LoadedInitrd { addr: 0x300_0000, size: 5 }))
-            .unwrap();
+        write_pvh_info(
+            &m,
+            64 << 20,
+            10,
+            Some(LoadedInitrd {
+                addr: 0x300_0000,
+                size: 5,
+            }),
+        )
+        .unwrap();
         let info: StartInfo = m.read_obj(GuestAddress(PVH_INFO_ADDR)).unwrap();
         let info = info.0;
         assert_eq!(info.magic, PVH_MAGIC);
@@ -350,7 +363,9 @@ mod tests {
         assert_eq!(info.memmap_entries as usize, e820_map(64 << 20).len());
         assert_eq!(info.nr_modules, 1);
         let last: MemmapEntry = m
-            .read_obj(GuestAddress(PVH_MEMMAP_ADDR + (info.memmap_entries as u64 - 1) * 24))
+            .read_obj(GuestAddress(
+                PVH_MEMMAP_ADDR + (info.memmap_entries as u64 - 1) * 24,
+            ))
             .unwrap();
         assert_eq!(last.0.addr + last.0.size, 64 << 20);
         let module: ModlistEntry = m.read_obj(GuestAddress(PVH_MODLIST_ADDR)).unwrap();

@@ -78,7 +78,9 @@ const TOPOLOGY_LEVEL_CORE: u32 = 2;
 
 /// Bits of the APIC id that number the cores in one package of `cpus` single-thread cores.
 fn core_id_bits(cpus: u8) -> u32 {
-    (u32::from(cpus).max(1)).next_power_of_two().trailing_zeros()
+    (u32::from(cpus).max(1))
+        .next_power_of_two()
+        .trailing_zeros()
 }
 
 /// Adjusts `cpuid` (a copy of KVM's supported list) for vCPU `cpu_index` of `cpu_count`.
@@ -166,8 +168,15 @@ mod tests {
         leaf4.eax = (3 << 5) | 0x1;
         let mut leaf7 = entry(7, 0);
         leaf7.ebx = 1 << 5;
-        CpuId::from_entries(&[leaf1, leaf4, leaf7, entry(0xb, 0), entry(0xb, 1), entry(0xb, 2)])
-            .unwrap()
+        CpuId::from_entries(&[
+            leaf1,
+            leaf4,
+            leaf7,
+            entry(0xb, 0),
+            entry(0xb, 1),
+            entry(0xb, 2),
+        ])
+        .unwrap()
     }
 
     fn find(cpuid: &CpuId, function: u32, index: u32) -> kvm_cpuid_entry2 {

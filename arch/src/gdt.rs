@@ -69,6 +69,9 @@ mod tests {
         assert_eq!(seg.limit, 0xffff_ffff);
         let tss = kvm_segment_from_gdt(gdt_entry(TSS, 0x1000, 0x67), 3);
         // TSS flags are 4 KiB granular, so the limit scales by pages.
-        assert_eq!((tss.base, tss.limit, tss.g, tss.s, tss.type_), (0x1000, 0x67fff, 1, 0, 0xb));
+        assert_eq!(
+            (tss.base, tss.limit, tss.g, tss.s, tss.type_),
+            (0x1000, 0x67fff, 1, 0, 0xb)
+        );
     }
 }

@@ -60,7 +60,11 @@ pub fn build(addr: u64, cpus: u8) -> Result<Vec<u8>, MpTableError> {
     count += 1;
     // ISA IRQ i is wired to IOAPIC pin i; pin 0 carries the 8259's ExtINT.
     for pin in 0..IOAPIC_PINS as u8 {
-        let kind = if pin == 0 { INT_TYPE_EXTINT } else { INT_TYPE_INT };
+        let kind = if pin == 0 {
+            INT_TYPE_EXTINT
+        } else {
+            INT_TYPE_INT
+        };
         entries.extend_from_slice(&[ENTRY_IOINT, kind, 0, 0, ISA_BUS_ID, pin, ioapic_id, pin]);
         count += 1;
     }
@@ -143,7 +147,10 @@ mod tests {
         // The IOAPIC follows the bus entry and takes the id after the last CPU.
         let ioapic = &table[HEADER_LEN + 60 + 8..HEADER_LEN + 60 + 16];
         assert_eq!(&ioapic[..2], &[ENTRY_IOAPIC, 3]);
-        assert_eq!(u32::from_le_bytes(ioapic[4..8].try_into().unwrap()), 0xfec0_0000);
+        assert_eq!(
+            u32::from_le_bytes(ioapic[4..8].try_into().unwrap()),
+            0xfec0_0000
+        );
     }
 
     #[test]

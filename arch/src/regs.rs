@@ -10,7 +10,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::gdt::{gdt_entry, kvm_segment_from_gdt, CODE32, CODE64, DATA, TSS};
 use crate::layout::{
-    BOOT_STACK_POINTER, GDT_ADDR, IDT_ADDR, PD_ADDR, PD_COUNT, PDPT_ADDR, PML4_ADDR, PVH_INFO_ADDR,
+    BOOT_STACK_POINTER, GDT_ADDR, IDT_ADDR, PDPT_ADDR, PD_ADDR, PD_COUNT, PML4_ADDR, PVH_INFO_ADDR,
     ZERO_PAGE_ADDR,
 };
 use crate::GuestMemory;
@@ -260,7 +260,9 @@ mod tests {
             .read_obj(GuestAddress(PD_ADDR + 3 * 0x1000 + 511 * 8))
             .unwrap();
         assert_eq!(last, ((4u64 << 30) - (2 << 20)) | 0x83);
-        assert!(mem.check_address(GuestAddress(PD_ADDR + PD_COUNT * 0x1000 - 1)).is_some());
+        assert!(mem
+            .check_address(GuestAddress(PD_ADDR + PD_COUNT * 0x1000 - 1))
+            .is_some());
     }
 
     #[test]
