@@ -144,14 +144,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(
-            format!(
-                "ferry-test-{tag}-{}-{:?}",
-                std::process::id(),
-                Instant::now()
-            )
-            .replace([' ', ':', '.'], "_"),
-        );
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Plain characters only: paths end up inside comma-separated flag values.
+        let path = std::env::temp_dir().join(format!("ferry-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("creating temp dir");
         Self(path)
     }

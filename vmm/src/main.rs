@@ -91,7 +91,11 @@ fn ctl(args: ferry_api::CtlArgs) -> Result<u8, VmmError> {
             }
             Ok(0)
         }
-        Err(e) => Err(VmmError::Device(e.to_string())),
+        Err(e) => {
+            eprintln!("error: {e}");
+            // 3 for a migration in doubt, 1 otherwise.
+            std::process::exit(e.exit_code());
+        }
     }
 }
 
