@@ -20,6 +20,9 @@ use crate::migration::source::migrate;
 use crate::migration::{MigrationPhase, MigrationProgress, MigrationUrl, SendOptions};
 use crate::{snapshot, VmmError};
 
+/// How long the process stays up after answering a request that ended the guest.
+const ANSWER_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Process exit status when a migration ended in doubt (see docs/migration.md).
 pub const EXIT_IN_DOUBT: u8 = 3;
 
@@ -62,13 +65,23 @@ impl ApiService {
 
     /// Serves requests until the guest exits or a migration hands it over; returns the status.
     pub fn run(&mut self) -> Result<u8, VmmError> {
+        let mut last_answer: Option<std::time::Instant> = None;
+        // Answers go back through the API thread; give it time to write the last one (say, to
+        // the shutdown request that ended the guest) before the process exits.
+        let linger = |last: Option<std::time::Instant>| {
+            if let Some(left) = last.and_then(|t| ANSWER_FLUSH.checked_sub(t.elapsed())) {
+                std::thread::sleep(left);
+            }
+        };
         loop {
             if let Some(status) = *lock(&self.finished) {
+                linger(last_answer);
                 return Ok(status);
             }
             let exit = lock(&self.controller).exit_code().cloned();
             if let Some(code) = exit.as_ref().and_then(|e| e.get()) {
                 lock(&self.controller).stop();
+                linger(last_answer);
                 return Ok(u8::try_from(code).unwrap_or(1));
             }
             let mut fds = vec![libc::pollfd {
@@ -90,6 +103,7 @@ impl ApiService {
             while let Ok(pending) = self.requests.try_recv() {
                 let response = self.handle(pending.request.clone());
                 pending.respond(response);
+                last_answer = Some(std::time::Instant::now());
             }
         }
     }
