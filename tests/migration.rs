@@ -356,3 +356,54 @@ fn snapshot_restore_keeps_the_guest_going() {
     assert_stamps_valid(&later);
     assert!(restored.is_running());
 }
+
+#[test]
+fn migrates_a_guest_with_a_disk_and_only_the_destination_keeps_it_open() {
+    let dir = TempDir::new("mig-disk");
+    let disk = dir.path().join("shared.img");
+    std::fs::write(&disk, vec![0u8; 2 << 20]).unwrap();
+    let socket = dir.path().join("source.sock");
+    let probe = probe_bin();
+    let disk_flag = format!("path={},id=data", disk.display());
+    let mut source = FerryProcess::spawn(
+        dir.path(),
+        "source",
+        &[
+            "run", "--kernel", probe.to_str().unwrap(), "--cmdline",
+            "probe.test=blk,dirty probe.blk_write=11 probe.dirty_mib=16 probe.dirty_rate_mib=16",
+            "--memory", "256M", "--exit-device", "--disk", &disk_flag,
+            "--api-socket", socket.to_str().unwrap(),
+        ],
+    );
+    source.wait_for_output("probe: dirty: running", DEADLINE);
+    assert!(source.stdout().contains("probe: blk: PASS"), "{}", source.stdout());
+    wait_for_socket(&socket, DEADLINE);
+
+    let listen = format!("unix:{}", dir.path().join("m.sock").display());
+    let (dest, dest_socket) = start_destination(dir.path(), "dest", &listen);
+    wait_listening(&listen);
+    let out = migrate(&socket, &listen, &["--verify"]);
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(source.wait_exit(DEADLINE).code(), Some(0));
+    wait_for_socket(&dest_socket, DEADLINE);
+
+    // Every write the guest made before the move is on the shared disk.
+    let mut expected = vec![0u8; 256 * 1024];
+    ferry_probe::pattern::fill(11, 0, &mut expected);
+    assert!(std::fs::read(&disk).unwrap()[..expected.len()] == expected[..]);
+    // The destination holds the disk open; the source process is gone.
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", dest.child.id())).unwrap();
+    let open = fds
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|target| target == disk);
+    assert!(open, "the destination does not have {} open", disk.display());
+    // The device travelled with its state: the probe reset it after its test, and the
+    // destination's copy says so (with the features it negotiated before the reset gone).
+    let snap = snapshot(&dest_socket, &dir.path().join("after"));
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(snap.join("vmstate")).unwrap()).unwrap();
+    let device = &state["virtio"]["devices"][0];
+    assert_eq!(device["id"], "data");
+    assert_eq!(device["transport"]["device_type"], 2);
+    assert_eq!(device["model"]["capacity"], 2 << 20);
+}

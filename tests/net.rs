@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{probe_bin, wait_with_deadline, ferry_bin, RunOutput};
+use common::{ferry_bin, probe_bin, wait_with_deadline, RunOutput};
 
 /// Generous: ring-0 guest code is instruction-emulated on PVM hosts.
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -26,7 +26,10 @@ fn tag() -> String {
 
 /// Runs a command line; panics with its output when it fails.
 fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawning a command");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawning a command");
     assert!(
         out.status.success(),
         "{args:?} failed: {}{}",
@@ -85,7 +88,10 @@ impl Topology {
         let b = Netns::new(format!("ferry-b{tag}"));
         let va = format!("va{tag}");
         let vb = format!("vb{tag}");
-        sh(&["ip", "link", "add", &va, "netns", &a.0, "type", "veth", "peer", "name", &vb, "netns", &b.0]);
+        sh(&[
+            "ip", "link", "add", &va, "netns", &a.0, "type", "veth", "peer", "name", &vb, "netns",
+            &b.0,
+        ]);
         a.ip(&["link", "set", &va, "up"]);
         let subnet = 10 + COUNTER.load(Ordering::SeqCst) % 200;
         b.ip(&["addr", "add", &format!("10.77.{subnet}.1/24"), "dev", &vb]);
@@ -128,7 +134,9 @@ impl Topology {
             .expect("spawning ferry");
         // Waits for 3 replies, for as long as the guest may take to boot and configure.
         let pinger = Command::new("ip")
-            .args(["netns", "exec", &self.b.0, "ping", "-c", "3", "-i", "0.5", "-w", "150"])
+            .args([
+                "netns", "exec", &self.b.0, "ping", "-c", "3", "-i", "0.5", "-w", "150",
+            ])
             .arg(self.guest_ip())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -173,21 +181,49 @@ fn run_ferry_in(ns: Option<&Netns>, args: &[&str]) -> RunOutput {
 }
 
 fn probe_args<'a>(probe: &'a str, net: &'a str) -> Vec<&'a str> {
-    vec!["run", "--kernel", probe, "--cmdline", "probe.test=boot", "--exit-device", "--net", net]
+    vec![
+        "run",
+        "--kernel",
+        probe,
+        "--cmdline",
+        "probe.test=boot",
+        "--exit-device",
+        "--net",
+        net,
+    ]
 }
 
 #[test]
 fn macvtap_guest_and_peer_ping_each_other() {
     let t = Topology::new();
     let mvt = format!("mvt{}", t.tag);
-    t.a.ip(&["link", "add", "link", &t.va(), "name", &mvt, "type", "macvtap", "mode", "bridge"]);
+    t.a.ip(&[
+        "link",
+        "add",
+        "link",
+        &t.va(),
+        "name",
+        &mvt,
+        "type",
+        "macvtap",
+        "mode",
+        "bridge",
+    ]);
     t.a.ip(&["link", "set", &mvt, "up"]);
     let mac = t.a.mac_of(&mvt);
     let (out, ping_ok) = t.run_probe(&format!("macvtap={mvt}"));
     out.assert_pass("net");
-    assert_eq!(out.probe_value("net", "mac").as_deref(), Some(mac.as_str()), "guest uses the macvtap's MAC");
+    assert_eq!(
+        out.probe_value("net", "mac").as_deref(),
+        Some(mac.as_str()),
+        "guest uses the macvtap's MAC"
+    );
     assert_eq!(out.probe_value("net", "received").as_deref(), Some("3"));
-    assert!(ping_ok, "the peer namespace could not ping the guest\n{}", out.stdout);
+    assert!(
+        ping_ok,
+        "the peer namespace could not ping the guest\n{}",
+        out.stdout
+    );
     assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
 }
 
@@ -207,7 +243,11 @@ fn tap_guest_and_peer_ping_each_other_through_a_bridge() {
     out.assert_pass("net");
     assert_eq!(out.probe_value("net", "mac").as_deref(), Some(mac));
     assert_eq!(out.probe_value("net", "received").as_deref(), Some("3"));
-    assert!(ping_ok, "the peer namespace could not ping the guest\n{}", out.stdout);
+    assert!(
+        ping_ok,
+        "the peer namespace could not ping the guest\n{}",
+        out.stdout
+    );
     assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
 }
 
@@ -215,15 +255,38 @@ fn tap_guest_and_peer_ping_each_other_through_a_bridge() {
 fn wrong_mac_on_macvtap_is_refused_with_the_reason() {
     let t = Topology::new();
     let mvt = format!("mvt{}", t.tag);
-    t.a.ip(&["link", "add", "link", &t.va(), "name", &mvt, "type", "macvtap", "mode", "bridge"]);
+    t.a.ip(&[
+        "link",
+        "add",
+        "link",
+        &t.va(),
+        "name",
+        &mvt,
+        "type",
+        "macvtap",
+        "mode",
+        "bridge",
+    ]);
     let own = t.a.mac_of(&mvt);
-    let wrong = if own == "02:00:00:00:00:01" { "02:00:00:00:00:02" } else { "02:00:00:00:00:01" };
+    let wrong = if own == "02:00:00:00:00:01" {
+        "02:00:00:00:00:02"
+    } else {
+        "02:00:00:00:00:01"
+    };
     let probe = probe_bin();
     let net = format!("macvtap={mvt},mac={wrong}");
     let out = run_ferry_in(Some(&t.a), &probe_args(probe.to_str().unwrap(), &net));
-    assert_eq!(out.code(), Some(1), "stdout: {}\nstderr: {}", out.stdout, out.stderr);
+    assert_eq!(
+        out.code(),
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
     assert!(
-        out.stderr.contains("only delivers frames addressed to its own MAC") && out.stderr.contains(&own),
+        out.stderr
+            .contains("only delivers frames addressed to its own MAC")
+            && out.stderr.contains(&own),
         "stderr: {}",
         out.stderr
     );
@@ -240,7 +303,11 @@ fn missing_interface_is_a_clear_error() {
     for net in [format!("macvtap={name}"), format!("tap=bad/{name}")] {
         let out = run_ferry_in(None, &probe_args(probe.to_str().unwrap(), &net));
         assert_eq!(out.code(), Some(1), "{net}: stderr: {}", out.stderr);
-        assert!(out.stderr.lines().count() <= 3, "one-line error expected: {}", out.stderr);
+        assert!(
+            out.stderr.lines().count() <= 3,
+            "one-line error expected: {}",
+            out.stderr
+        );
         assert!(
             out.stderr.contains("does not exist") || out.stderr.contains("not a tap"),
             "{net}: stderr: {}",
@@ -256,5 +323,9 @@ fn a_plain_interface_is_not_a_macvtap() {
     let net = format!("macvtap={}", t.va());
     let out = run_ferry_in(Some(&t.a), &probe_args(probe.to_str().unwrap(), &net));
     assert_eq!(out.code(), Some(1), "stderr: {}", out.stderr);
-    assert!(out.stderr.contains("is not a macvtap interface"), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains("is not a macvtap interface"),
+        "stderr: {}",
+        out.stderr
+    );
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, SubscriberOps};
 use ferry_devices::net::{open_net_backend, NetBackendSpec, NetSpec};
-use ferry_devices::virtio::net::Net;
+use ferry_devices::virtio::net::{Net, NetMetrics};
 use ferry_devices::virtio::testing::{TestDesc, TestDriver};
 use ferry_devices::virtio::{VirtioDevice, VirtioInterrupt, VirtioQueue};
 use ferry_devices::GuestMemory;
@@ -38,7 +38,10 @@ const HOST_TSO4: u64 = 1 << 11;
 const MRG_RXBUF: u64 = 1 << 15;
 
 fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: writes one timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -51,6 +54,7 @@ struct Bench {
     tx: TestDriver,
     evts: Vec<Arc<EventFd>>,
     tap: String,
+    metrics: Arc<NetMetrics>,
 }
 
 impl Bench {
@@ -66,8 +70,13 @@ impl Bench {
             std::process::exit(0);
         });
         let net = Net::new_shared(backend).unwrap();
-        let drivers: Vec<TestDriver> = (0..3).map(|i| TestDriver::new(mem.clone(), RING, 0x1000 + 0x4000 * i)).collect();
-        let evts: Vec<Arc<EventFd>> = (0..3).map(|_| Arc::new(EventFd::new(EFD_NONBLOCK).unwrap())).collect();
+        let metrics = net.lock().unwrap().metrics();
+        let drivers: Vec<TestDriver> = (0..3)
+            .map(|i| TestDriver::new(mem.clone(), RING, 0x1000 + 0x4000 * i))
+            .collect();
+        let evts: Vec<Arc<EventFd>> = (0..3)
+            .map(|_| Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()))
+            .collect();
         let queues = drivers
             .iter()
             .zip(&evts)
@@ -78,13 +87,21 @@ impl Bench {
                 q.set_avail_ring_address(Some(d.avail.0 as u32), Some(0));
                 q.set_used_ring_address(Some(d.used.0 as u32), Some(0));
                 q.set_ready(true);
-                VirtioQueue { queue: q, notify: e.clone() }
+                VirtioQueue {
+                    queue: q,
+                    notify: e.clone(),
+                }
             })
             .collect();
         {
             let mut n = net.lock().unwrap();
             n.ack_features(CSUM | GUEST_CSUM | HOST_TSO4 | MRG_RXBUF);
-            n.activate(mem.clone(), Arc::new(VirtioInterrupt::new().unwrap()), queues).unwrap();
+            n.activate(
+                mem.clone(),
+                Arc::new(VirtioInterrupt::new().unwrap()),
+                queues,
+            )
+            .unwrap();
         }
         let mut em = EventManager::new().unwrap();
         em.add_subscriber(net);
@@ -92,23 +109,49 @@ impl Bench {
         let mut it = drivers.into_iter();
         let rx = it.next().unwrap();
         let tx = it.next().unwrap();
-        Self { mem, em, rx, tx, evts, tap: tap.to_string() }
+        Self {
+            mem,
+            em,
+            rx,
+            tx,
+            evts,
+            tap: tap.to_string(),
+            metrics,
+        }
     }
 
     fn tx(&mut self, frame: &[u8], secs: f64) -> (u64, u64, Duration, Duration) {
-        self.mem.write_slice(frame, GuestAddress(FRAME_AREA)).unwrap();
+        self.mem
+            .write_slice(frame, GuestAddress(FRAME_AREA))
+            .unwrap();
         let len = frame.len() as u32;
         let (mut frames, mut bytes) = (0u64, 0u64);
         let cpu0 = thread_cpu();
         let start = Instant::now();
         while start.elapsed().as_secs_f64() < secs {
+            let target = self.tx.used_idx().wrapping_add(RING / 2);
             // Two descriptors per chain: a full ring holds RING / 2 frames.
             for _ in 0..RING / 2 {
-                self.tx.add_chain(&[TestDesc::r(FRAME_AREA, 12), TestDesc::r(FRAME_AREA + 12, len - 12)]);
+                self.tx.add_chain(&[
+                    TestDesc::r(FRAME_AREA, 12),
+                    TestDesc::r(FRAME_AREA + 12, len - 12),
+                ]);
             }
             self.evts[1].write(1).unwrap();
-            while self.tx.used_idx() != self.tx_expected(frames) {
+            let round = Instant::now();
+            while self.tx.used_idx() != target {
                 self.em.run_with_timeout(100).unwrap();
+                if round.elapsed() > Duration::from_secs(5) {
+                    let m = self.metrics.clone();
+                    panic!(
+                        "TX stalled: used {} of {}; tx_frames {} tx_dropped {} bad_chains {}",
+                        self.tx.used_idx(),
+                        target,
+                        m.tx_frames.load(Ordering::Relaxed),
+                        m.tx_dropped.load(Ordering::Relaxed),
+                        m.bad_chains.load(Ordering::Relaxed)
+                    );
+                }
             }
             while self.tx.pop_used().is_some() {
                 frames += 1;
@@ -118,16 +161,15 @@ impl Bench {
         (frames, bytes, start.elapsed(), thread_cpu() - cpu0)
     }
 
-    fn tx_expected(&self, done: u64) -> u16 {
-        (done as u16).wrapping_add(RING / 2)
-    }
-
     fn rx(&mut self, frame_len: usize, secs: f64) -> (u64, u64, Duration, Duration) {
         let stop = Arc::new(AtomicBool::new(false));
         let feeder = spawn_feeder(&self.tap, frame_len, stop.clone());
         let mut next = 0u16;
         for _ in 0..RING {
-            self.rx.add_chain(&[TestDesc::w(RX_AREA + u64::from(next) * u64::from(RX_BUF), RX_BUF)]);
+            self.rx.add_chain(&[TestDesc::w(
+                RX_AREA + u64::from(next) * u64::from(RX_BUF),
+                RX_BUF,
+            )]);
             next = (next + 1) % RING;
         }
         self.evts[0].write(1).unwrap();
@@ -143,7 +185,10 @@ impl Bench {
             }
             if refilled > 0 {
                 for _ in 0..refilled {
-                    self.rx.add_chain(&[TestDesc::w(RX_AREA + u64::from(next) * u64::from(RX_BUF), RX_BUF)]);
+                    self.rx.add_chain(&[TestDesc::w(
+                        RX_AREA + u64::from(next) * u64::from(RX_BUF),
+                        RX_BUF,
+                    )]);
                     next = (next + 1) % RING;
                 }
                 self.evts[0].write(1).unwrap();
@@ -248,9 +293,14 @@ fn main() {
     let tap = format!("fbench{}", std::process::id() % 100_000);
     let mut b = Bench::new(&tap);
     report("TX 64 B frames", b.tx(&tx_frame(64, false), secs));
-    report("TX 64 KiB TSO frames", b.tx(&tx_frame(65536 - 12, true), secs));
+    report(
+        "TX 64 KiB TSO frames",
+        b.tx(&tx_frame(65536 - 12, true), secs),
+    );
     report("RX 64 B frames", b.rx(64, secs));
     // Large host→guest frames need a large tap MTU (no GSO on the AF_PACKET side).
-    let _ = std::process::Command::new("ip").args(["link", "set", &tap, "mtu", "65000"]).status();
+    let _ = std::process::Command::new("ip")
+        .args(["link", "set", &tap, "mtu", "65000"])
+        .status();
     report("RX 64 KiB frames (MTU 65000)", b.rx(65014, secs));
 }

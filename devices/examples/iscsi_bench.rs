@@ -59,8 +59,13 @@ fn run(
     let (mut n, mut bytes) = (0u64, 0u64);
     let deadline = start + Duration::from_secs_f64(secs);
     loop {
-        let accepting = Instant::now() < deadline;
-        while let Some(i) = free.pop().filter(|_| accepting) {
+        // Keep `depth` requests in flight until the deadline, then let them drain.
+        let take = if Instant::now() < deadline {
+            free.len()
+        } else {
+            0
+        };
+        for i in free.drain(free.len() - take..) {
             let b = [GuestBuf {
                 ptr: bufs[i].as_mut_ptr(),
                 len: size as u32,

@@ -51,7 +51,12 @@ pub fn open(name: &str, queues: u16) -> Result<(Vec<OwnedFd>, MacAddr), NetError
         .map_err(|_| sysfs("parsing the MAC", std::io::ErrorKind::InvalidData.into()))?;
     let dev_text = read_trimmed(&dir.join(format!("macvtap/tap{ifindex}/dev")))
         .map_err(|e| sysfs("reading the char device number", e))?;
-    let rdev = parse_dev(&dev_text).ok_or_else(|| sysfs("parsing the char device number", std::io::ErrorKind::InvalidData.into()))?;
+    let rdev = parse_dev(&dev_text).ok_or_else(|| {
+        sysfs(
+            "parsing the char device number",
+            std::io::ErrorKind::InvalidData.into(),
+        )
+    })?;
 
     let node = Node::get(ifindex, rdev).map_err(|e| sysfs("creating the /dev node", e))?;
     let mut fds = Vec::with_capacity(usize::from(queues));
@@ -88,12 +93,20 @@ impl Node {
         for _ in 0..2 {
             match std::fs::metadata(&path) {
                 Ok(m) if m.file_type().is_char_device() && m.rdev() == rdev => {
-                    return Ok(Self { path, private: false })
+                    return Ok(Self {
+                        path,
+                        private: false,
+                    })
                 }
                 // Another namespace's macvtap (or something else): never touch it.
                 Ok(_) => break,
                 Err(_) => match mknod(&path, rdev) {
-                    Ok(()) => return Ok(Self { path, private: false }),
+                    Ok(()) => {
+                        return Ok(Self {
+                            path,
+                            private: false,
+                        })
+                    }
                     // Created concurrently by someone else: look again.
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
                     Err(e) => return Err(e),
@@ -102,10 +115,16 @@ impl Node {
         }
         let major = libc::major(rdev);
         let minor = libc::minor(rdev);
-        let path = PathBuf::from(format!("/dev/ferry-tap{major}-{minor}-{}", std::process::id()));
+        let path = PathBuf::from(format!(
+            "/dev/ferry-tap{major}-{minor}-{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_file(&path);
         mknod(&path, rdev)?;
-        Ok(Self { path, private: true })
+        Ok(Self {
+            path,
+            private: true,
+        })
     }
 }
 

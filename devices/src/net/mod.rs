@@ -7,10 +7,10 @@
 //!   dictates it).
 //! * Errors are one line that says what is wrong and what to do ([`NetError`]).
 
-pub mod mac;
 mod fd;
 #[cfg(test)]
 mod host_tests;
+pub mod mac;
 mod macvtap;
 mod sys;
 mod tap;
@@ -64,7 +64,11 @@ pub enum NetError {
     #[error("MAC {0} is a multicast address; a guest MAC must be unicast (first byte even)")]
     MulticastMac(MacAddr),
     #[error("mac={requested} differs from macvtap `{name}`'s own MAC {own}: a macvtap only delivers frames addressed to its own MAC; omit mac= or first run `ip link set {name} address {requested}`")]
-    MacMismatch { name: String, own: MacAddr, requested: MacAddr },
+    MacMismatch {
+        name: String,
+        own: MacAddr,
+        requested: MacAddr,
+    },
     #[error("fd={fd} is not an open tap/macvtap file descriptor ({reason}); pass an fd opened on /dev/net/tun or /dev/tapN")]
     BadFd { fd: i32, reason: String },
     #[error("fd={0} was opened without IFF_VNET_HDR; ferry needs the virtio-net header: open it with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR")]
@@ -72,16 +76,27 @@ pub enum NetError {
     #[error("queues={queues} is not possible here: {reason}")]
     Queues { queues: u16, reason: String },
     #[error("{what} failed on {name}: {source}")]
-    Setup { what: &'static str, name: String, source: io::Error },
+    Setup {
+        what: &'static str,
+        name: String,
+        source: io::Error,
+    },
 }
 
 /// What kind of host interface a backend is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BackendKind {
-    Tap { name: String },
-    Macvtap { name: String },
+    Tap {
+        name: String,
+    },
+    Macvtap {
+        name: String,
+    },
     /// Inherited fd; `name` is the interface TUNGETIFF reported.
-    Fd { fd: i32, name: String },
+    Fd {
+        fd: i32,
+        name: String,
+    },
     /// Datagram sockets standing in for a tap (tests and benchmarks): no offload ioctls.
     Socket,
 }
@@ -100,7 +115,10 @@ impl NetBackend {
     /// benchmarks that need no root.
     pub fn from_sockets(fds: Vec<OwnedFd>, guest_mac: MacAddr) -> io::Result<Self> {
         if fds.is_empty() || fds.len() > usize::from(MAX_QUEUE_PAIRS) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "1 to 256 sockets"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "1 to 256 sockets",
+            ));
         }
         for fd in &fds {
             sys::set_nonblocking(fd.as_raw_fd())?;
@@ -183,7 +201,11 @@ pub fn open_net_backend(spec: &NetSpec) -> Result<NetBackend, NetError> {
         }
         NetBackendSpec::Macvtap(name) => {
             let (fds, mac) = macvtap::open(name, spec.queues)?;
-            (BackendKind::Macvtap { name: name.clone() }, fds, Some((name.clone(), mac)))
+            (
+                BackendKind::Macvtap { name: name.clone() },
+                fds,
+                Some((name.clone(), mac)),
+            )
         }
         NetBackendSpec::Fd(fd) => {
             if spec.queues != 1 {
@@ -202,12 +224,20 @@ pub fn open_net_backend(spec: &NetSpec) -> Result<NetBackend, NetError> {
         (Some((_, own)), None) => own,
         (Some((_, own)), Some(req)) if own == req => req,
         (Some((name, own)), Some(requested)) => {
-            return Err(NetError::MacMismatch { name, own, requested })
+            return Err(NetError::MacMismatch {
+                name,
+                own,
+                requested,
+            })
         }
         (None, Some(req)) => req,
         (None, None) => MacAddr::random_local(),
     };
-    let backend = NetBackend { kind, fds, guest_mac };
+    let backend = NetBackend {
+        kind,
+        fds,
+        guest_mac,
+    };
     backend.set_offload(0).map_err(|source| NetError::Setup {
         what: "TUNSETOFFLOAD",
         name: describe(&backend.kind),
@@ -246,7 +276,12 @@ fn open_error(path: &Path, e: io::Error) -> NetError {
 
 /// `/sys/class/net/<name>`, refusing names that would escape that directory.
 fn sysfs_dir(name: &str) -> Result<std::path::PathBuf, NetError> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('/') || name == "." || name == ".." {
+    if name.is_empty()
+        || name.len() >= libc::IFNAMSIZ
+        || name.contains('/')
+        || name == "."
+        || name == ".."
+    {
         return Err(NetError::NoSuchInterface(name.to_string()));
     }
     Ok(Path::new("/sys/class/net").join(name))
@@ -257,14 +292,24 @@ mod tests {
     use super::*;
 
     fn spec(backend: NetBackendSpec, mac: Option<&str>, queues: u16) -> NetSpec {
-        NetSpec { backend, mac: mac.map(str::to_string), queues }
+        NetSpec {
+            backend,
+            mac: mac.map(str::to_string),
+            queues,
+        }
     }
 
     #[test]
     fn errors_are_clear_before_touching_the_host() {
-        let e = open_net_backend(&spec(NetBackendSpec::Tap("x".into()), Some("nope"), 1)).unwrap_err();
+        let e =
+            open_net_backend(&spec(NetBackendSpec::Tap("x".into()), Some("nope"), 1)).unwrap_err();
         assert!(e.to_string().contains("invalid MAC address `nope`"), "{e}");
-        let e = open_net_backend(&spec(NetBackendSpec::Tap("x".into()), Some("01:00:5e:00:00:01"), 1)).unwrap_err();
+        let e = open_net_backend(&spec(
+            NetBackendSpec::Tap("x".into()),
+            Some("01:00:5e:00:00:01"),
+            1,
+        ))
+        .unwrap_err();
         assert!(matches!(e, NetError::MulticastMac(_)), "{e}");
         let e = open_net_backend(&spec(NetBackendSpec::Tap("x".into()), None, 0)).unwrap_err();
         assert!(matches!(e, NetError::Queues { .. }), "{e}");
@@ -274,9 +319,14 @@ mod tests {
 
     #[test]
     fn missing_macvtap_is_reported() {
-        let e = open_net_backend(&spec(NetBackendSpec::Macvtap("ferrynope0".into()), None, 1)).unwrap_err();
-        assert!(matches!(e, NetError::NoSuchInterface(ref n) if n == "ferrynope0"), "{e}");
-        let e = open_net_backend(&spec(NetBackendSpec::Macvtap("../lo".into()), None, 1)).unwrap_err();
+        let e = open_net_backend(&spec(NetBackendSpec::Macvtap("ferrynope0".into()), None, 1))
+            .unwrap_err();
+        assert!(
+            matches!(e, NetError::NoSuchInterface(ref n) if n == "ferrynope0"),
+            "{e}"
+        );
+        let e =
+            open_net_backend(&spec(NetBackendSpec::Macvtap("../lo".into()), None, 1)).unwrap_err();
         assert!(matches!(e, NetError::NoSuchInterface(_)), "{e}");
     }
 

@@ -19,7 +19,11 @@ impl IfReq {
             _pad: [0; 22],
         };
         let bytes = name.as_bytes();
-        if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) || name.contains('/') {
+        if bytes.is_empty()
+            || bytes.len() >= libc::IFNAMSIZ
+            || bytes.contains(&0)
+            || name.contains('/')
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("`{name}` is not a valid interface name (1 to 15 bytes, no '/')"),
@@ -30,7 +34,11 @@ impl IfReq {
     }
 
     fn name(&self) -> String {
-        let end = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
+        let end = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.name.len());
         String::from_utf8_lossy(&self.name[..end]).into_owned()
     }
 }
@@ -86,7 +94,11 @@ pub fn set_offload(fd: RawFd, flags: u32) -> io::Result<()> {
 pub fn set_queue_attached(fd: RawFd, attached: bool) -> io::Result<()> {
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: (if attached { libc::IFF_ATTACH_QUEUE } else { libc::IFF_DETACH_QUEUE }) as libc::c_short,
+        flags: (if attached {
+            libc::IFF_ATTACH_QUEUE
+        } else {
+            libc::IFF_DETACH_QUEUE
+        }) as libc::c_short,
         _pad: [0; 22],
     };
     // SAFETY: TUNSETQUEUE reads one ifreq.

@@ -45,7 +45,9 @@ pub fn open(name: &str, queues: u16) -> Result<Vec<OwnedFd>, NetError> {
             },
             Some(libc::EINVAL) if existed => NetError::Queues {
                 queues,
-                reason: format!("tap {name} is multiqueue (or busy); pass its queue count with queues=N"),
+                reason: format!(
+                    "tap {name} is multiqueue (or busy); pass its queue count with queues=N"
+                ),
             },
             Some(libc::EBUSY) => NetError::Setup {
                 what: "TUNSETIFF (the tap is already in use by another process)",
@@ -73,7 +75,8 @@ pub fn open(name: &str, queues: u16) -> Result<Vec<OwnedFd>, NetError> {
 
 /// A tun/tap interface has `tun_flags` in sysfs; a tap has IFF_TAP in it.
 fn check_is_tap(name: &str, dir: &Path) -> Result<(), NetError> {
-    let text = std::fs::read_to_string(dir.join("tun_flags")).map_err(|_| NetError::NotTap(name.to_string()))?;
+    let text = std::fs::read_to_string(dir.join("tun_flags"))
+        .map_err(|_| NetError::NotTap(name.to_string()))?;
     let flags = i64::from_str_radix(text.trim().trim_start_matches("0x"), 16).unwrap_or(0);
     if flags & i64::from(libc::IFF_TAP) == 0 {
         return Err(NetError::NotTap(name.to_string()));

@@ -12,11 +12,10 @@
 
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_ECN,
-    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO,
-    VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN,
-    VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
-    VIRTIO_NET_HDR_GSO_UDP,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_HDR_F_DATA_VALID,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP,
 };
 
 /// Length of the virtio-net header with VERSION_1 (and of the tap's vnet header).
@@ -68,7 +67,14 @@ pub fn tun_offload_flags(acked_features: u64) -> u32 {
 }
 
 /// Checks a GSO type against the features of the side that will receive the frame.
-fn check_gso(gso_type: u8, features: u64, tso4: u32, tso6: u32, ecn: u32, ufo: u32) -> Result<(), HdrError> {
+fn check_gso(
+    gso_type: u8,
+    features: u64,
+    tso4: u32,
+    tso6: u32,
+    ecn: u32,
+    ufo: u32,
+) -> Result<(), HdrError> {
     let base = u32::from(gso_type) & !VIRTIO_NET_HDR_GSO_ECN;
     let ecn_ok = u32::from(gso_type) & VIRTIO_NET_HDR_GSO_ECN == 0 || has(features, ecn);
     let ok = match base {
@@ -88,7 +94,11 @@ fn check_gso(gso_type: u8, features: u64, tso4: u32, tso6: u32, ecn: u32, ufo: u
 /// Prepares a header read from the tap for the guest: checks it only uses offloads the guest
 /// negotiated, drops DATA_VALID when the guest did not negotiate GUEST_CSUM (the spec allows
 /// the flag only then), and writes `num_buffers` (1 without MRG_RXBUF).
-pub fn fix_rx_header(hdr: &mut [u8; VNET_HDR_LEN], features: u64, num_buffers: u16) -> Result<(), HdrError> {
+pub fn fix_rx_header(
+    hdr: &mut [u8; VNET_HDR_LEN],
+    features: u64,
+    num_buffers: u16,
+) -> Result<(), HdrError> {
     check_gso(
         hdr[1],
         features,
@@ -136,7 +146,10 @@ mod tests {
     #[test]
     fn offloads_follow_guest_features() {
         assert_eq!(tun_offload_flags(0), 0);
-        assert_eq!(tun_offload_flags(bit(VIRTIO_NET_F_GUEST_CSUM)), libc::TUN_F_CSUM);
+        assert_eq!(
+            tun_offload_flags(bit(VIRTIO_NET_F_GUEST_CSUM)),
+            libc::TUN_F_CSUM
+        );
         assert_eq!(
             tun_offload_flags(GUEST_ALL),
             libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN
@@ -149,7 +162,10 @@ mod tests {
             libc::TUN_F_CSUM
         );
         // Host (TX) features do not change what the tap may send us.
-        assert_eq!(tun_offload_flags(bit(VIRTIO_NET_F_HOST_TSO4) | bit(VIRTIO_NET_F_CSUM)), 0);
+        assert_eq!(
+            tun_offload_flags(bit(VIRTIO_NET_F_HOST_TSO4) | bit(VIRTIO_NET_F_CSUM)),
+            0
+        );
     }
 
     fn hdr(flags: u32, gso: u32) -> [u8; VNET_HDR_LEN] {
@@ -176,7 +192,11 @@ mod tests {
     fn rx_header_refuses_offloads_the_guest_lacks() {
         let mut h = hdr(0, VIRTIO_NET_HDR_GSO_TCPV6);
         assert_eq!(
-            fix_rx_header(&mut h, bit(VIRTIO_NET_F_GUEST_CSUM) | bit(VIRTIO_NET_F_GUEST_TSO4), 1),
+            fix_rx_header(
+                &mut h,
+                bit(VIRTIO_NET_F_GUEST_CSUM) | bit(VIRTIO_NET_F_GUEST_TSO4),
+                1
+            ),
             Err(HdrError::Gso(VIRTIO_NET_HDR_GSO_TCPV6 as u8))
         );
         let mut h = hdr(0, VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_ECN);
@@ -200,10 +220,17 @@ mod tests {
     #[test]
     fn tx_header_checked_against_host_features() {
         let host = bit(VIRTIO_NET_F_CSUM) | bit(VIRTIO_NET_F_HOST_TSO4);
-        assert!(check_tx_header(&hdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4), host).is_ok());
+        assert!(check_tx_header(
+            &hdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4),
+            host
+        )
+        .is_ok());
         assert!(check_tx_header(&hdr(0, VIRTIO_NET_HDR_GSO_TCPV6), host).is_err());
         assert!(check_tx_header(&hdr(0, VIRTIO_NET_HDR_GSO_UDP), host).is_err());
-        assert_eq!(check_tx_header(&hdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0), 0), Err(HdrError::Csum));
+        assert_eq!(
+            check_tx_header(&hdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0), 0),
+            Err(HdrError::Csum)
+        );
         assert!(check_tx_header(&hdr(0, 0), 0).is_ok());
     }
 }

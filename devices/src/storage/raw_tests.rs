@@ -41,13 +41,14 @@ impl Drop for TempFile {
 }
 
 /// A loop device over a file, detached on drop.
-struct LoopDev {
-    dev: PathBuf,
+pub(crate) struct LoopDev {
+    pub(crate) dev: PathBuf,
     _file: TempFile,
 }
 
 impl LoopDev {
-    fn new(size: u64) -> Option<Self> {
+    /// `None` (with the reason printed) when loop devices cannot be set up here.
+    pub(crate) fn new(size: u64) -> Option<Self> {
         let file = TempFile::new(size);
         let out = match Command::new("losetup")
             .args(["-f", "--show"])

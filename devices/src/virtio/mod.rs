@@ -6,6 +6,10 @@
 //! * [`VirtioInterrupt`]: interrupt status bits, config generation and the irqfd, shared by the
 //!   transport (which reads/acks them for the guest) and the device (which raises them).
 //! * [`block`]: the virtio-blk device.
+//! * Hot-path ring access shared by devices: [`fastmem`] (guest memory mapped once per pass),
+//!   [`avail`], [`desc`] and [`used`] (the three split-ring parts); `virtio_queue::Queue` keeps
+//!   the ring positions and the notification-suppression writes.
+//! * `testing`: a driver-side ring helper for tests and benchmarks.
 //!
 //! # Threads, eventfds and activation
 //! Two threads touch a device. vCPU threads reach the transport through the MMIO bus (register

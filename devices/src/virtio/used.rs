@@ -11,6 +11,7 @@ use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{Queue, QueueT};
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::fastmem::{FastMem, Slice};
@@ -33,6 +34,8 @@ pub struct UsedWriter<'a> {
     size: u16,
     event_idx: bool,
     next_used: Wrapping<u16>,
+    /// Elements were written since the index was last published.
+    added: bool,
 }
 
 impl<'a> UsedWriter<'a> {
@@ -52,27 +55,40 @@ impl<'a> UsedWriter<'a> {
             size,
             event_idx: queue.event_idx_enabled(),
             next_used: Wrapping(queue.next_used()),
+            added: false,
         })
     }
 
-    /// Publishes one used element (element first, then the index with release ordering, so the
-    /// driver never sees an index ahead of its element).
+    /// Writes one used element. The driver sees it when [`UsedWriter::finish`] publishes the
+    /// index (once per pass: one release store and one dirty-bitmap update for the batch).
     pub fn add(&mut self, st: &mut UsedState, head: u16, len: u32) -> Result<(), UsedRingError> {
         if head >= self.size {
             return Err(UsedRingError);
         }
-        let slot = usize::from(self.next_used.0 % self.size);
+        let offset = 4 + 8 * usize::from(self.next_used.0 % self.size);
         let mut elem = [0u8; 8];
         elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
-        self.ring
-            .write_slice(&elem, 4 + 8 * slot)
-            .map_err(|_| UsedRingError)?;
+        if offset + elem.len() > self.ring.len() {
+            return Err(UsedRingError);
+        }
+        // SAFETY: `offset + 8` is within the mapped used ring (checked above), which lives as
+        // long as the slice; a byte array needs no alignment. The dirty bitmap is updated for
+        // the whole ring in `finish`, after the writes, which is what live migration needs.
+        unsafe {
+            std::ptr::write_volatile(
+                self.ring
+                    .ptr_guard_mut()
+                    .as_ptr()
+                    .add(offset)
+                    .cast::<[u8; 8]>(),
+                elem,
+            )
+        };
         self.next_used += Wrapping(1);
         st.num_added += Wrapping(1);
-        self.ring
-            .store(self.next_used.0.to_le(), 2, Ordering::Release)
-            .map_err(|_| UsedRingError)
+        self.added = true;
+        Ok(())
     }
 
     /// Whether the driver wants an interrupt for the entries added since the last check (the
@@ -93,8 +109,18 @@ impl<'a> UsedWriter<'a> {
         self.next_used - used_event - Wrapping(1) < self.next_used - old
     }
 
-    /// Writes the new position back into the queue (its saved state and `enable_notification`).
-    pub fn finish(&self, queue: &mut Queue) {
+    /// Publishes the elements added this pass (element writes, then the index with release
+    /// ordering, so the driver never sees an index ahead of its elements), marks the ring dirty,
+    /// and writes the position back into the queue (its saved state).
+    pub fn finish(&mut self, queue: &mut Queue) -> Result<(), UsedRingError> {
         queue.set_next_used(self.next_used.0);
+        if !std::mem::take(&mut self.added) {
+            return Ok(());
+        }
+        self.ring
+            .store(self.next_used.0.to_le(), 2, Ordering::Release)
+            .map_err(|_| UsedRingError)?;
+        self.ring.bitmap().mark_dirty(0, self.ring.len());
+        Ok(())
     }
 }

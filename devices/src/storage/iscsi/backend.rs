@@ -63,6 +63,7 @@ impl DiskBackend for IscsiDisk {
             mb.result = None;
             mb.requested = true;
         }
+        self.shared.refresh_flag.store(true, Ordering::Release);
         self.shared.sub_evt.write(1)?;
         let deadline = Instant::now() + self.refresh_timeout;
         let mut mb = lock(&self.shared.admin);

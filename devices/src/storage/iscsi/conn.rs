@@ -342,7 +342,9 @@ impl Session {
 
     /// Starts a READ CAPACITY for the front end's refresh() if one was asked for.
     fn check_refresh(&mut self) {
-        if self.slots[ADMIN_SLOT].state != SlotState::Free {
+        if self.slots[ADMIN_SLOT].state != SlotState::Free
+            || !self.shared.refresh_flag.swap(false, Ordering::AcqRel)
+        {
             return;
         }
         let mut mb = lock(&self.shared.admin);

@@ -30,6 +30,8 @@ pub mod url;
 mod hostile_tests;
 #[cfg(test)]
 mod login_tests;
+#[cfg(test)]
+mod pdu_tests;
 
 use std::path::Path;
 use std::sync::Arc;

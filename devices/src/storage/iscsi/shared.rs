@@ -67,6 +67,9 @@ pub struct Shared {
     pub logins: AtomicU64,
     pub admin: Mutex<AdminMailbox>,
     pub admin_cv: Condvar,
+    /// Set with `admin.requested`, so the session thread can check for a refresh each
+    /// iteration without taking the mailbox lock.
+    pub refresh_flag: AtomicBool,
 }
 
 impl Shared {
@@ -92,6 +95,7 @@ impl Shared {
             logins: AtomicU64::new(0),
             admin: Mutex::new(AdminMailbox::default()),
             admin_cv: Condvar::new(),
+            refresh_flag: AtomicBool::new(false),
         })
     }
 }

@@ -176,4 +176,3 @@ impl Persist for MmioTransport {
         Ok(())
     }
 }
-

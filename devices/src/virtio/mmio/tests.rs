@@ -11,9 +11,9 @@ use virtio_queue::QueueState;
 use vm_memory::GuestAddress;
 
 use super::MmioTransport;
-use crate::virtio::{ActivateError, VirtioDevice, VirtioInterrupt, VirtioQueue};
 use crate::bus::BusDevice;
 use crate::persist::Persist;
+use crate::virtio::{ActivateError, VirtioDevice, VirtioInterrupt, VirtioQueue};
 use crate::GuestMemory;
 
 const F_DUMMY: u64 = 1 << 3;
