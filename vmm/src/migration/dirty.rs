@@ -1,7 +1,13 @@
 //! Which guest pages changed: KVM's dirty log (vCPU writes) OR'ed with the guest memory bitmap
 //! that vm-memory keeps for device writes (virtio DMA).
 
+use kvm_bindings::{
+    kvm_clear_dirty_log, kvm_enable_cap, KVMIO, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+    KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+};
 use kvm_ioctls::VmFd;
+use vmm_sys_util::ioctl::ioctl_with_mut_ref;
+use vmm_sys_util::ioctl_iowr_nr;
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MmapRegion};
 
@@ -17,16 +23,24 @@ pub type DirtyBitmaps = Vec<Vec<u64>>;
 pub struct DirtyLog<'a> {
     vm: &'a VmFd,
     mem: &'a GuestMemory,
+    /// KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is on: reading the log does not re-protect pages;
+    /// [`clear_dirty_log`] re-protects exactly the pages we are about to send.
+    manual_protect: bool,
 }
 
 impl<'a> DirtyLog<'a> {
     /// Turns on KVM dirty logging for every slot and clears the device-write bitmaps.
     pub fn start(vm: &'a VmFd, mem: &'a GuestMemory) -> Result<Self, VmmError> {
+        let manual_protect = enable_manual_protect(vm);
         set_dirty_logging(vm, mem, true)?;
         for region in mem.iter() {
             device_bitmap(region).reset();
         }
-        Ok(Self { vm, mem })
+        Ok(Self {
+            vm,
+            mem,
+            manual_protect,
+        })
     }
 
     /// Pages dirtied since the last call (or since `start`), and resets the logs.
@@ -37,6 +51,9 @@ impl<'a> DirtyLog<'a> {
                 .vm
                 .get_dirty_log(slot as u32, region.len() as usize)
                 .map_err(|e| VmmError::Kvm("KVM_GET_DIRTY_LOG", e))?;
+            if self.manual_protect {
+                clear_dirty_log(self.vm, slot as u32, &mut kvm)?;
+            }
             let device = device_bitmap(region).get_and_reset();
             for (word, dev) in kvm.iter_mut().zip(device) {
                 *word |= dev;
@@ -53,6 +70,54 @@ impl Drop for DirtyLog<'_> {
             log::warn!("turning dirty logging off: {e}");
         }
     }
+}
+
+/// Turns on manual dirty-log protection where the host has it: KVM then write-protects only the
+/// pages each round actually clears, instead of the whole slot on every log read.
+fn enable_manual_protect(vm: &VmFd) -> bool {
+    let supported = vm.check_extension_raw(u64::from(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2).into());
+    if supported <= 0 {
+        return false;
+    }
+    let mut cap = kvm_enable_cap {
+        cap: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+        ..Default::default()
+    };
+    cap.args[0] = u64::from(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE);
+    match vm.enable_cap(&cap) {
+        Ok(()) => {
+            log::info!("migration: manual dirty-log protection on");
+            true
+        }
+        Err(e) => {
+            log::debug!("manual dirty-log protection unavailable: {e}");
+            false
+        }
+    }
+}
+
+ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
+
+/// Re-protects the pages set in `bitmap` (one slot, whole slot range).
+fn clear_dirty_log(vm: &VmFd, slot: u32, bitmap: &mut [u64]) -> Result<(), VmmError> {
+    let pages = (bitmap.len() * 64) as u32;
+    let mut arg = kvm_clear_dirty_log {
+        slot,
+        num_pages: pages,
+        first_page: 0,
+        ..Default::default()
+    };
+    arg.__bindgen_anon_1.dirty_bitmap = bitmap.as_mut_ptr().cast();
+    // SAFETY: the ioctl reads `num_pages` bits from the bitmap, which is `bitmap.len() * 64`
+    // bits long and lives across the call.
+    let rc = unsafe { ioctl_with_mut_ref(vm, KVM_CLEAR_DIRTY_LOG(), &mut arg) };
+    if rc < 0 {
+        return Err(VmmError::Kvm(
+            "KVM_CLEAR_DIRTY_LOG",
+            kvm_ioctls::Error::last(),
+        ));
+    }
+    Ok(())
 }
 
 /// The bitmap vm-memory marks when devices write guest memory through its API.
