@@ -407,3 +407,29 @@ fn migrates_a_guest_with_a_disk_and_only_the_destination_keeps_it_open() {
     assert_eq!(device["transport"]["device_type"], 2);
     assert_eq!(device["model"]["capacity"], 2 << 20);
 }
+
+#[test]
+fn a_ferry_waiting_on_its_api_socket_receives_through_put_migration_receive() {
+    let dir = TempDir::new("mig-api-recv");
+    let (mut source, source_socket) = start_source(dir.path(), "source", 16);
+    let dest_socket = dir.path().join("dest.sock");
+    let mut dest = FerryProcess::spawn(
+        dir.path(),
+        "dest",
+        &["run", "--api-socket", dest_socket.to_str().unwrap()],
+    );
+    wait_for_socket(&dest_socket, DEADLINE);
+    let listen = format!("unix:{}", dir.path().join("m.sock").display());
+    let body = format!(r#"{{"listen_url": "{listen}"}}"#);
+    let (status, text) = common::http(&dest_socket, "PUT", "/migration/receive", Some(&body));
+    assert_eq!(status, 204, "{text}");
+    wait_listening(&listen);
+    let out = migrate(&source_socket, &listen, &[]);
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(source.wait_exit(DEADLINE).code(), Some(0));
+    let (_, info) = common::http(&dest_socket, "GET", "/", None);
+    assert!(info.contains(r#""state":"Running""#), "{info}");
+    let (_, migration) = common::http(&dest_socket, "GET", "/migration", None);
+    assert!(migration.contains(r#""state":"completed""#), "{migration}");
+    assert!(dest.is_running());
+}

@@ -16,6 +16,7 @@ use ferry_api::{
 
 use crate::builder::BuildOptions;
 use crate::controller::{VmController, VmState};
+use crate::migration::destination::{receive, ReceiveMaps, ReceiveOptions};
 use crate::migration::source::migrate;
 use crate::migration::{MigrationPhase, MigrationProgress, MigrationUrl, SendOptions};
 use crate::{snapshot, VmmError};
@@ -281,11 +282,50 @@ impl ApiService {
                 self.spawn_migration(url, options)?;
                 ApiResponse::NoContent
             }
-            ApiRequest::MigrationReceive(_) => {
-                return Err(VmmError::Config(
-                    "use `ferry receive --listen URL --api-socket PATH` to receive a migration"
-                        .into(),
-                ))
+            ApiRequest::MigrationReceive(req) => {
+                if c.state() != VmState::Configured {
+                    return Err(VmmError::InvalidState {
+                        state: c.state().name(),
+                        action: "receiving a migration (only before boot)",
+                    });
+                }
+                if lock(&self.migration).state == MigrationPhase::Receiving {
+                    return Err(VmmError::Config("already receiving a migration".into()));
+                }
+                let url: MigrationUrl = req.listen_url.parse().map_err(VmmError::Config)?;
+                let maps = ReceiveMaps {
+                    disks: req
+                        .maps
+                        .drives
+                        .iter()
+                        .map(|d| (d.drive_id.clone(), d.path_on_host.clone()))
+                        .collect(),
+                    nets: req
+                        .maps
+                        .network_interfaces
+                        .iter()
+                        .map(|n| {
+                            let iface = ferry_api::NetworkInterface {
+                                iface_id: n.iface_id.clone(),
+                                host_dev_name: n.host_dev_name.clone(),
+                                guest_mac: None,
+                                rx_rate_limiter: None,
+                                tx_rate_limiter: None,
+                                host_dev_type: n.host_dev_type,
+                                queues: None,
+                            };
+                            (n.iface_id.clone(), iface.to_config().backend)
+                        })
+                        .collect(),
+                };
+                let options = ReceiveOptions {
+                    maps,
+                    serial: c.config().serial.clone(),
+                    build: BuildOptions::default(),
+                };
+                drop(c);
+                self.spawn_receive(url, options)?;
+                ApiResponse::NoContent
             }
             ApiRequest::GetMigration => ApiResponse::json(&self.migration_status()),
             ApiRequest::GetMetrics => ApiResponse::Text(self.metrics_text(&c)),
@@ -327,6 +367,40 @@ impl ApiService {
         Ok(())
     }
 
+    /// Receives a migration in the background; the received VM replaces the (empty) controller.
+    fn spawn_receive(&self, url: MigrationUrl, options: ReceiveOptions) -> Result<(), VmmError> {
+        let controller = self.controller.clone();
+        let progress = self.migration.clone();
+        let wake = self.wake.clone();
+        *lock(&progress) = MigrationProgress {
+            state: MigrationPhase::Receiving,
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        std::thread::Builder::new()
+            .name("ferry_receive".into())
+            .spawn(move || {
+                let result = receive(&url, options);
+                let mut p = lock(&progress);
+                p.total_ms = started.elapsed().as_millis() as u64;
+                match result {
+                    Ok(received) => {
+                        *lock(&controller) = received;
+                        p.state = MigrationPhase::Received;
+                    }
+                    Err(e) => {
+                        log::error!("incoming migration failed: {e}");
+                        p.state = MigrationPhase::Failed;
+                        p.error = Some(e.to_string());
+                    }
+                }
+                drop(p);
+                let _ = wake.write(1);
+            })
+            .map_err(VmmError::io("spawning the receive thread"))?;
+        Ok(())
+    }
+
     fn migration_status(&self) -> MigrationStatus {
         let p = lock(&self.migration).clone();
         let state = match p.state {
@@ -335,6 +409,8 @@ impl ApiService {
             MigrationPhase::Completed => MigrationState::Migrated,
             MigrationPhase::Failed => MigrationState::Failed,
             MigrationPhase::InDoubt => MigrationState::InDoubt,
+            MigrationPhase::Receiving => MigrationState::Receiving,
+            MigrationPhase::Received => MigrationState::Completed,
         };
         let finished = state.is_final() && state != MigrationState::Idle;
         MigrationStatus {

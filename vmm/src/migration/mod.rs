@@ -38,10 +38,16 @@ pub struct MigrationStart {
 pub enum MigrationPhase {
     #[default]
     None,
+    /// Source: sending.
     Active,
+    /// Source: the destination committed.
     Completed,
     Failed,
     InDoubt,
+    /// Destination (`PUT /migration/receive`): listening or receiving.
+    Receiving,
+    /// Destination: the guest runs here.
+    Received,
 }
 
 /// Progress and result figures.
