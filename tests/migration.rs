@@ -15,10 +15,19 @@ const DIRTY_MIB: u64 = 256;
 
 /// A source guest: the probe dirtying `DIRTY_MIB` MiB at `rate` MiB/s, with an API socket.
 fn start_source(dir: &Path, name: &str, rate: u64) -> (FerryProcess, PathBuf) {
+    start_source_with(dir, name, DIRTY_MIB, rate, "512M")
+}
+
+fn start_source_with(
+    dir: &Path,
+    name: &str,
+    mib: u64,
+    rate: u64,
+    memory: &str,
+) -> (FerryProcess, PathBuf) {
     let socket = dir.join(format!("{name}.sock"));
     let probe = probe_bin();
-    let cmdline =
-        format!("probe.test=dirty probe.dirty_mib={DIRTY_MIB} probe.dirty_rate_mib={rate}");
+    let cmdline = format!("probe.test=dirty probe.dirty_mib={mib} probe.dirty_rate_mib={rate}");
     let mut source = FerryProcess::spawn(
         dir,
         name,
@@ -29,7 +38,7 @@ fn start_source(dir: &Path, name: &str, rate: u64) -> (FerryProcess, PathBuf) {
             "--cmdline",
             &cmdline,
             "--memory",
-            "512M",
+            memory,
             "--exit-device",
             "--api-socket",
             socket.to_str().unwrap(),
@@ -222,15 +231,19 @@ fn migrates_over_tcp() {
 #[test]
 fn killed_destination_leaves_the_guest_running_and_a_retry_works() {
     let dir = TempDir::new("mig-kill");
-    // Dirtying fast with a tiny downtime budget keeps the migration in pre-copy for a while.
-    let (source, source_socket) = start_source(dir.path(), "source", 2048);
+    // Half a gigabyte of guest data takes a while to send, and a tiny downtime budget keeps the
+    // migration in pre-copy after that.
+    let (source, source_socket) = start_source_with(dir.path(), "source", 512, 2048, "768M");
+    // Let the first pass fill the region so the first round has it all to send.
+    let first = wait_for_progress(&source_socket, dir.path(), "warm", 0);
+    assert!(passes(&first) >= 1);
     let listen = format!("unix:{}", dir.path().join("m1.sock").display());
     let (mut dest, _) = start_destination(dir.path(), "dest1", &listen);
     wait_listening(&listen);
     let out = migrate(
         &source_socket,
         &listen,
-        &["--detach", "--downtime-ms", "1", "--max-iterations", "1000"],
+        &["--detach", "--downtime-ms", "1", "--max-iterations", "10000"],
     );
     assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
     // Kill the destination once memory is flowing.
