@@ -46,7 +46,7 @@ while [ $# -gt 0 ]; do
         --probe) probe="${2:?}"; shift 2 ;;
         --qemu) qemu="${2:?}"; shift 2 ;;
         --keep) keep="${2:?}"; shift 2 ;;
-        -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done

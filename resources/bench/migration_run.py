@@ -145,7 +145,8 @@ def run_ferry(args, work, procs):
     dst_out, dst_err = os.path.join(work, "dst.out"), os.path.join(work, "dst.err")
     url = migration_url(args, work)
     src = procs.spawn([args.ferry, "run", "--kernel", args.probe, "--cmdline", cmdline(args),
-                       "--memory", f"{args.memory}M", "--exit-device", "--api-socket", src_sock],
+                       "--memory", f"{args.memory}M", "--exit-device", "--api-socket", src_sock,
+                       "--log-level", args.ferry_log_level],
                       src_out, src_err)
     wait_until(lambda: "probe: dirty: running" in read(src_out), 60, "the source probe",
                src, src_err)
@@ -153,7 +154,7 @@ def run_ferry(args, work, procs):
         raise Failure(f"probe failed: {read(src_out).strip()}")
     wait_until(lambda: connects(src_sock), 30, "the source API socket", src, src_err)
     dst = procs.spawn([args.ferry, "receive", "--listen", url, "--api-socket", dst_sock,
-                       "--serial", "none"], dst_out, dst_err)
+                       "--serial", "none", "--log-level", args.ferry_log_level], dst_out, dst_err)
     wait_until(lambda: listening(url), 30, "ferry receive to listen", dst, dst_err)
     time.sleep(settle(args))
 
@@ -334,6 +335,15 @@ def migration_url(args, work):
     return f"tcp:127.0.0.1:{free_port()}"
 
 
+def on_signal(signum, _frame):
+    """Unwinds through main's `finally` (which kills the VMMs). Later signals are ignored: a
+    second SIGTERM (timeout(1) forwards the one the caller sends it) would otherwise interrupt
+    the cleanup and leave a VMM behind."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(128 + signum)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--vmm", choices=["ferry", "qemu"], required=True)
@@ -348,6 +358,8 @@ def main():
     p.add_argument("--ferry", default="target/release/ferry")
     p.add_argument("--qemu", default="qemu-system-x86_64")
     p.add_argument("--probe", default="target/release/probe")
+    p.add_argument("--ferry-log-level", default="warn",
+                   help="ferry's --log-level (info shows the switchover phases)")
     p.add_argument("--workdir", default=None, help="keep the logs here instead of a temp dir")
     args = p.parse_args()
 
@@ -368,5 +380,6 @@ def main():
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     main()
