@@ -97,6 +97,11 @@ fn build(config: &VmConfig, options: &BuildOptions, mode: BuildMode) -> Result<B
         .map_err(|e| VmmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
     let mem_size = config.machine.mem_size_mib << 20;
     let memory = create_guest_memory(mem_size)?;
+    if matches!(mode, BuildMode::Restore) {
+        // All of a restored guest's memory is about to be written at once: transparent huge
+        // pages make that one fault per 2 MiB instead of one per 4 KiB.
+        advise_huge_pages(&memory);
+    }
     // Creating the PIT (a kernel thread) and the first memory slot each block for milliseconds
     // inside KVM without using the CPU; overlap them with each other and with device setup and
     // kernel loading.
@@ -232,6 +237,23 @@ fn build_rest(
         subscribers,
         virtio,
     })
+}
+
+fn advise_huge_pages(memory: &GuestMemory) {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for region in memory.iter() {
+        // SAFETY: advice on our own anonymous mapping; failure only loses the optimisation.
+        let rc = unsafe {
+            libc::madvise(
+                region.as_ptr().cast(),
+                region.len() as usize,
+                libc::MADV_HUGEPAGE,
+            )
+        };
+        if rc != 0 {
+            log::debug!("MADV_HUGEPAGE: {}", std::io::Error::last_os_error());
+        }
+    }
 }
 
 /// The kernel and initrd, opened.
