@@ -66,7 +66,10 @@ impl Netns {
     fn new(tag: &str) -> Self {
         let name = format!("ferry-{tag}-{}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        let status = Command::new("ip").args(["netns", "add", &name]).status().expect("ip");
+        let status = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip");
         assert!(status.success(), "ip netns add {name}");
         Self(name)
     }
@@ -116,7 +119,12 @@ fn configure_boot_and_drive_a_guest_over_the_socket() {
     assert_eq!(info["state"], "Not started");
     assert_eq!(info["app_name"], "ferry");
     let probe = probe_bin();
-    ok(&socket, "PUT", "/machine-config", json!({"vcpu_count": 2, "mem_size_mib": 256}));
+    ok(
+        &socket,
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 2, "mem_size_mib": 256}),
+    );
     ok(
         &socket,
         "PUT",
@@ -135,10 +143,18 @@ fn configure_boot_and_drive_a_guest_over_the_socket() {
         "/network-interfaces/eth0",
         json!({"iface_id": "eth0", "host_dev_name": "ferrytap0", "guest_mac": "52:54:00:12:34:56"}),
     );
-    ok(&socket, "PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    ok(
+        &socket,
+        "PUT",
+        "/actions",
+        json!({"action_type": "InstanceStart"}),
+    );
     vm.wait_for_output("probe: dirty: running", DEADLINE);
     let out = vm.stdout();
-    assert!(out.contains("probe: boot: PASS mem_mib=255 cpus=2"), "{out}");
+    assert!(
+        out.contains("probe: boot: PASS mem_mib=255 cpus=2"),
+        "{out}"
+    );
     assert!(out.contains("probe: blk: PASS dev=0 sectors=2048"), "{out}");
     assert_eq!(get(&socket, "/")["state"], "Running");
 
@@ -155,8 +171,14 @@ fn configure_boot_and_drive_a_guest_over_the_socket() {
     assert_eq!(config["boot-source"]["boot_args"], PROBE_ARGS);
     assert_eq!(config["drives"][0]["drive_id"], "root");
     assert_eq!(config["drives"][0]["path_on_host"], disk.to_str().unwrap());
-    assert_eq!(config["network-interfaces"][0]["host_dev_name"], "ferrytap0");
-    assert_eq!(config["network-interfaces"][0]["guest_mac"], "52:54:00:12:34:56");
+    assert_eq!(
+        config["network-interfaces"][0]["host_dev_name"],
+        "ferrytap0"
+    );
+    assert_eq!(
+        config["network-interfaces"][0]["guest_mac"],
+        "52:54:00:12:34:56"
+    );
 
     // Metrics: vCPU exits and device counters.
     let (status, metrics) = http(&socket, "GET", "/metrics", None);
@@ -173,9 +195,27 @@ fn configure_boot_and_drive_a_guest_over_the_socket() {
     sample("ferry_net_tx_frames_total{iface=\"eth0\"}");
 
     // What is refused after boot, with reasons.
-    refused(&socket, "PUT", "/actions", json!({"action_type": "InstanceStart"}), "running");
-    refused(&socket, "PUT", "/machine-config", json!({"vcpu_count": 1, "mem_size_mib": 128}), "after boot");
-    refused(&socket, "PUT", "/boot-source", json!({"kernel_image_path": "/x"}), "after boot");
+    refused(
+        &socket,
+        "PUT",
+        "/actions",
+        json!({"action_type": "InstanceStart"}),
+        "running",
+    );
+    refused(
+        &socket,
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 128}),
+        "after boot",
+    );
+    refused(
+        &socket,
+        "PUT",
+        "/boot-source",
+        json!({"kernel_image_path": "/x"}),
+        "after boot",
+    );
     refused(
         &socket,
         "PUT",
@@ -194,7 +234,12 @@ fn configure_boot_and_drive_a_guest_over_the_socket() {
     assert!(vm.is_running());
 
     // Shutdown through the API ends ferry with status 0.
-    ok(&socket, "PUT", "/actions", json!({"action_type": "SendCtrlAltDel"}));
+    ok(
+        &socket,
+        "PUT",
+        "/actions",
+        json!({"action_type": "SendCtrlAltDel"}),
+    );
     let status = vm.wait_exit(DEADLINE);
     assert_eq!(status.code(), Some(0), "{}", vm.stderr());
 }
@@ -208,9 +253,14 @@ fn ferry_ctl_drives_a_running_guest() {
         dir.path(),
         "vm",
         &[
-            "run", "--kernel", probe.to_str().unwrap(), "--cmdline",
-            "probe.test=dirty probe.dirty_mib=1 probe.dirty_rate_mib=1", "--exit-device",
-            "--api-socket", socket.to_str().unwrap(),
+            "run",
+            "--kernel",
+            probe.to_str().unwrap(),
+            "--cmdline",
+            "probe.test=dirty probe.dirty_mib=1 probe.dirty_rate_mib=1",
+            "--exit-device",
+            "--api-socket",
+            socket.to_str().unwrap(),
         ],
     );
     vm.wait_for_output("probe: dirty: running", DEADLINE);
@@ -221,14 +271,20 @@ fn ferry_ctl_drives_a_running_guest() {
     let info: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(info["state"], "Running");
     assert_eq!(ctl(&socket, &["pause"], DEADLINE).code(), Some(0));
-    assert!(ctl(&socket, &["info"], DEADLINE).stdout.contains("state: Paused"));
+    assert!(ctl(&socket, &["info"], DEADLINE)
+        .stdout
+        .contains("state: Paused"));
     // Pausing twice is an error with the server's reason.
     let out = ctl(&socket, &["pause"], DEADLINE);
     assert_eq!(out.code(), Some(1));
     assert!(out.stderr.contains("paused"), "{}", out.stderr);
     assert_eq!(ctl(&socket, &["resume"], DEADLINE).code(), Some(0));
     let out = ctl(&socket, &["metrics"], DEADLINE);
-    assert!(out.stdout.contains("ferry_vcpu_exits_total"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("ferry_vcpu_exits_total"),
+        "{}",
+        out.stdout
+    );
     let out = ctl(&socket, &["migration-status"], DEADLINE);
     assert!(out.stdout.contains("state: idle"), "{}", out.stdout);
     assert_eq!(ctl(&socket, &["shutdown"], DEADLINE).code(), Some(0));
@@ -253,8 +309,19 @@ fn command_line_and_api_build_the_same_vm() {
         dir.path(),
         "cli",
         &[
-            "run", "--kernel", probe.to_str().unwrap(), "--cmdline", cmdline, "--cpus", "2",
-            "--memory", "128M", "--disk", &disk_flag, "--api-socket", cli_socket.to_str().unwrap(),
+            "run",
+            "--kernel",
+            probe.to_str().unwrap(),
+            "--cmdline",
+            cmdline,
+            "--cpus",
+            "2",
+            "--memory",
+            "128M",
+            "--disk",
+            &disk_flag,
+            "--api-socket",
+            cli_socket.to_str().unwrap(),
         ],
     );
     cli_vm.wait_for_output("probe: dirty: running", DEADLINE);
@@ -266,16 +333,34 @@ fn command_line_and_api_build_the_same_vm() {
         &["run", "--api-socket", api_socket.to_str().unwrap()],
     );
     wait_for_socket(&api_socket, DEADLINE);
-    ok(&api_socket, "PUT", "/machine-config", json!({"vcpu_count": 2, "mem_size_mib": 128}));
-    ok(&api_socket, "PUT", "/boot-source", json!({"kernel_image_path": probe, "boot_args": cmdline}));
+    ok(
+        &api_socket,
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 2, "mem_size_mib": 128}),
+    );
+    ok(
+        &api_socket,
+        "PUT",
+        "/boot-source",
+        json!({"kernel_image_path": probe, "boot_args": cmdline}),
+    );
     ok(
         &api_socket,
         "PUT",
         "/drives/data",
         json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false, "is_read_only": true}),
     );
-    ok(&api_socket, "PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    ok(
+        &api_socket,
+        "PUT",
+        "/actions",
+        json!({"action_type": "InstanceStart"}),
+    );
     api_vm.wait_for_output("probe: dirty: running", DEADLINE);
 
-    assert_eq!(get(&cli_socket, "/vm/config"), get(&api_socket, "/vm/config"));
+    assert_eq!(
+        get(&cli_socket, "/vm/config"),
+        get(&api_socket, "/vm/config")
+    );
 }

@@ -56,9 +56,18 @@ fn check_write_pattern(disk: &str, path: &Path, before: &[u8], seed: u64) {
     let after = std::fs::read(path).unwrap();
     let mut expected = vec![0u8; KIB * 1024];
     pattern::fill(seed, 0, &mut expected);
-    assert!(after[..KIB * 1024] == expected[..], "the disk does not hold the pattern");
-    assert!(after[KIB * 1024..] == before[KIB * 1024..], "bytes outside the range changed");
-    assert_eq!(out.probe_value("blk", "crc32"), Some(format!("{:08x}", crc32(&expected))));
+    assert!(
+        after[..KIB * 1024] == expected[..],
+        "the disk does not hold the pattern"
+    );
+    assert!(
+        after[KIB * 1024..] == before[KIB * 1024..],
+        "bytes outside the range changed"
+    );
+    assert_eq!(
+        out.probe_value("blk", "crc32"),
+        Some(format!("{:08x}", crc32(&expected)))
+    );
 }
 
 #[test]
@@ -67,7 +76,12 @@ fn file_disk_writes_exactly_the_pattern() {
     let (path, before) = disk_file(dir.path(), "disk.img", 2 << 20);
     check_write_pattern(&disk_arg(&path, ""), &path, &before, 42);
     // O_DIRECT path too.
-    check_write_pattern(&disk_arg(&path, ",direct=on"), &path, &std::fs::read(&path).unwrap(), 43);
+    check_write_pattern(
+        &disk_arg(&path, ",direct=on"),
+        &path,
+        &std::fs::read(&path).unwrap(),
+        43,
+    );
 }
 
 #[test]
@@ -75,11 +89,22 @@ fn read_only_disk_refuses_writes() {
     let dir = TempDir::new("blk-ro");
     let (path, before) = disk_file(dir.path(), "disk.img", 1 << 20);
     let arg = disk_arg(&path, ",readonly=on");
-    let out = run_probe("probe.test=blk probe.blk_write=5", &["--disk", &arg], DEADLINE);
+    let out = run_probe(
+        "probe.test=blk probe.blk_write=5",
+        &["--disk", &arg],
+        DEADLINE,
+    );
     out.assert_pass("blk");
     assert_eq!(out.probe_value("blk", "ro").as_deref(), Some("1"));
-    assert_eq!(out.probe_value("blk", "rejected_write").as_deref(), Some("1"));
-    assert_eq!(std::fs::read(&path).unwrap(), before, "a read-only disk changed");
+    assert_eq!(
+        out.probe_value("blk", "rejected_write").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "a read-only disk changed"
+    );
 }
 
 /// A loop device over a file, detached on drop.
@@ -91,7 +116,11 @@ impl LoopDevice {
             .args(["-f", "--show", file.to_str().unwrap()])
             .output()
             .expect("losetup must be installed (util-linux)");
-        assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Self(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 }
@@ -131,26 +160,55 @@ fn online_resize_shows_the_new_capacity_and_counts_io() {
         dir.path(),
         "vm",
         &[
-            "run", "--kernel", probe.to_str().unwrap(), "--cmdline",
+            "run",
+            "--kernel",
+            probe.to_str().unwrap(),
+            "--cmdline",
             "probe.test=blk,dirty probe.blk_write=9 probe.dirty_mib=1 probe.dirty_rate_mib=1",
-            "--exit-device", "--disk", &disk, "--api-socket", socket.to_str().unwrap(),
+            "--exit-device",
+            "--disk",
+            &disk,
+            "--api-socket",
+            socket.to_str().unwrap(),
         ],
     );
     vm.wait_for_output("probe: dirty: running", DEADLINE);
-    assert!(vm.stdout().contains("probe: blk: PASS dev=0 sectors=2048"), "{}", vm.stdout());
+    assert!(
+        vm.stdout().contains("probe: blk: PASS dev=0 sectors=2048"),
+        "{}",
+        vm.stdout()
+    );
     wait_for_socket(&socket, DEADLINE);
 
     let metrics = ctl(&socket, &["metrics"], DEADLINE);
     let flushes = metric(&metrics.stdout, "ferry_block_flushes_total{drive=\"data\"}");
-    assert!(flushes >= 1.0, "no flush reached the backend:\n{}", metrics.stdout);
-    assert!(metric(&metrics.stdout, "ferry_block_write_bytes_total{drive=\"data\"}") >= (KIB * 1024) as f64);
+    assert!(
+        flushes >= 1.0,
+        "no flush reached the backend:\n{}",
+        metrics.stdout
+    );
+    assert!(
+        metric(
+            &metrics.stdout,
+            "ferry_block_write_bytes_total{drive=\"data\"}"
+        ) >= (KIB * 1024) as f64
+    );
 
     // Grow the file, ask ferry to re-read it; the guest-visible capacity changes.
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(3 << 20).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(3 << 20)
+        .unwrap();
     let out = ctl(&socket, &["resize-disk", "data"], DEADLINE);
     assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
     let snap = dir.path().join("snap");
-    let out = ctl(&socket, &["snapshot", "--to", snap.to_str().unwrap()], DEADLINE);
+    let out = ctl(
+        &socket,
+        &["snapshot", "--to", snap.to_str().unwrap()],
+        DEADLINE,
+    );
     assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(snap.join("vmstate")).unwrap()).unwrap();
@@ -162,13 +220,20 @@ fn online_resize_shows_the_new_capacity_and_counts_io() {
 
     let out = ctl(&socket, &["resize-disk", "nope"], DEADLINE);
     assert_ne!(out.code(), Some(0));
-    assert!(out.stderr.contains("no drive") && out.stderr.contains("nope"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no drive") && out.stderr.contains("nope"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// The value of a Prometheus sample line `name value`.
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(-1.0)))
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .map(|v| v.trim().parse().unwrap_or(-1.0))
+        })
         .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
 }
 
@@ -178,14 +243,25 @@ fn bad_disks_are_clear_errors() {
     let probe = probe_bin();
     let run = |disk: &str| {
         common::run_ferry(
-            &["run", "--kernel", probe.to_str().unwrap(), "--disk", disk, "--exit-device"],
+            &[
+                "run",
+                "--kernel",
+                probe.to_str().unwrap(),
+                "--disk",
+                disk,
+                "--exit-device",
+            ],
             DEADLINE,
         )
     };
     let out = run("path=/nonexistent/disk.img");
     assert_eq!(out.code(), Some(1));
     assert!(out.error_line().contains("disk 'disk0'"), "{}", out.stderr);
-    assert!(out.error_line().contains("/nonexistent/disk.img"), "{}", out.stderr);
+    assert!(
+        out.error_line().contains("/nonexistent/disk.img"),
+        "{}",
+        out.stderr
+    );
 
     let out = run(&format!("path={}", dir.path().display()));
     assert_eq!(out.code(), Some(1));
@@ -197,5 +273,9 @@ fn bad_disks_are_clear_errors() {
 
     let out = run("path=/dev/null");
     assert_eq!(out.code(), Some(1));
-    assert!(out.error_line().contains("character device"), "{}", out.stderr);
+    assert!(
+        out.error_line().contains("character device"),
+        "{}",
+        out.stderr
+    );
 }

@@ -28,7 +28,9 @@ fn expected_pattern(seed: u64, len: usize) -> Vec<u8> {
 #[test]
 fn reads_and_writes_a_lun_through_the_guest() {
     let target = Tgtd::start(LUN_SIZE, Setup::default());
-    let content: Vec<u8> = (0..LUN_SIZE as usize).map(|i| (i * 7 % 251) as u8).collect();
+    let content: Vec<u8> = (0..LUN_SIZE as usize)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
     std::fs::write(&target.lun_file, &content).unwrap();
 
     let arg = disk(&target.url(1), ",id=san");
@@ -40,10 +42,20 @@ fn reads_and_writes_a_lun_through_the_guest() {
         Some(format!("{:08x}", crc32(&content[..256 * 1024])))
     );
 
-    let out = run_probe("probe.test=blk probe.blk_write=21", &["--disk", &arg], DEADLINE);
+    let out = run_probe(
+        "probe.test=blk probe.blk_write=21",
+        &["--disk", &arg],
+        DEADLINE,
+    );
     out.assert_pass("blk");
-    assert_eq!(target.read_file(0, 256 * 1024), expected_pattern(21, 256 * 1024));
-    assert_eq!(target.read_file(256 * 1024, 4096), content[256 * 1024..256 * 1024 + 4096]);
+    assert_eq!(
+        target.read_file(0, 256 * 1024),
+        expected_pattern(21, 256 * 1024)
+    );
+    assert_eq!(
+        target.read_file(256 * 1024, 4096),
+        content[256 * 1024..256 * 1024 + 4096]
+    );
 }
 
 #[test]
@@ -59,14 +71,24 @@ fn chap_with_the_right_and_the_wrong_secret() {
     let bad = dir.path().join("bad.chap");
     std::fs::write(&bad, "username=ferry\npassword=wrong-secret-123\n").unwrap();
 
-    let arg = disk(&target.url(1), &format!(",chap-secret-file={}", good.display()));
+    let arg = disk(
+        &target.url(1),
+        &format!(",chap-secret-file={}", good.display()),
+    );
     let out = run_probe("probe.test=blk", &["--disk", &arg], DEADLINE);
     out.assert_pass("blk");
 
-    let arg = disk(&target.url(1), &format!(",chap-secret-file={}", bad.display()));
+    let arg = disk(
+        &target.url(1),
+        &format!(",chap-secret-file={}", bad.display()),
+    );
     let out = run_probe("probe.test=blk", &["--disk", &arg], DEADLINE);
     assert_eq!(out.code(), Some(1));
-    assert!(out.error_line().contains("authentication failed"), "{}", out.stderr);
+    assert!(
+        out.error_line().contains("authentication failed"),
+        "{}",
+        out.stderr
+    );
     // The secret never appears in the message.
     assert!(!out.stderr.contains("wrong-secret-123"));
 }
@@ -79,17 +101,32 @@ fn crc32c_digests() {
     };
     let target = Tgtd::start(LUN_SIZE, setup);
     let url = format!("{}?header-digest=crc32c&data-digest=crc32c", target.url(1));
-    let out = run_probe("probe.test=blk probe.blk_write=3", &["--disk", &disk(&url, "")], DEADLINE);
+    let out = run_probe(
+        "probe.test=blk probe.blk_write=3",
+        &["--disk", &disk(&url, "")],
+        DEADLINE,
+    );
     out.assert_pass("blk");
-    assert_eq!(target.read_file(0, 256 * 1024), expected_pattern(3, 256 * 1024));
+    assert_eq!(
+        target.read_file(0, 256 * 1024),
+        expected_pattern(3, 256 * 1024)
+    );
 }
 
 #[test]
 fn missing_lun_and_unreachable_portal_are_clear_errors() {
     let target = Tgtd::start(LUN_SIZE, Setup::default());
-    let out = run_probe("probe.test=blk", &["--disk", &disk(&target.url(7), "")], DEADLINE);
+    let out = run_probe(
+        "probe.test=blk",
+        &["--disk", &disk(&target.url(7), "")],
+        DEADLINE,
+    );
     assert_eq!(out.code(), Some(1));
-    assert!(out.error_line().contains("LUN 7 does not exist"), "{}", out.stderr);
+    assert!(
+        out.error_line().contains("LUN 7 does not exist"),
+        "{}",
+        out.stderr
+    );
 
     let port = common::free_port();
     let url = format!("iscsi://127.0.0.1:{port}/{}/1", iscsi_support::IQN);
@@ -109,9 +146,16 @@ fn target_restart_during_guest_io_loses_nothing() {
         dir.path(),
         "vm",
         &[
-            "run", "--kernel", probe.to_str().unwrap(), "--cmdline",
-            "probe.test=blk probe.blk_write=99 probe.blk_kib=4096", "--exit-device",
-            "--disk", &arg, "--log-level", "info",
+            "run",
+            "--kernel",
+            probe.to_str().unwrap(),
+            "--cmdline",
+            "probe.test=blk probe.blk_write=99 probe.blk_kib=4096",
+            "--exit-device",
+            "--disk",
+            &arg,
+            "--log-level",
+            "info",
         ],
     );
     vm.wait_for_output("probe: hello", DEADLINE);
@@ -120,12 +164,20 @@ fn target_restart_during_guest_io_loses_nothing() {
     target.spawn();
     let status = vm.wait_exit(DEADLINE);
     let stdout = vm.stdout();
-    assert!(stdout.contains("probe: blk: PASS"), "{stdout}\n{}", vm.stderr());
+    assert!(
+        stdout.contains("probe: blk: PASS"),
+        "{stdout}\n{}",
+        vm.stderr()
+    );
     assert_eq!(status.code(), Some(0));
     assert!(
         target.read_file(0, 4 << 20) == expected_pattern(99, 4 << 20),
         "the LUN does not hold every acknowledged write"
     );
     // The outage really hit the session: ferry logged in again.
-    assert!(vm.stderr().contains("reconnect"), "no reconnect logged:\n{}", vm.stderr());
+    assert!(
+        vm.stderr().contains("reconnect"),
+        "no reconnect logged:\n{}",
+        vm.stderr()
+    );
 }

@@ -243,7 +243,13 @@ fn killed_destination_leaves_the_guest_running_and_a_retry_works() {
     let out = migrate(
         &source_socket,
         &listen,
-        &["--detach", "--downtime-ms", "1", "--max-iterations", "10000"],
+        &[
+            "--detach",
+            "--downtime-ms",
+            "1",
+            "--max-iterations",
+            "10000",
+        ],
     );
     assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
     // Kill the destination once memory is flowing.
@@ -382,14 +388,26 @@ fn migrates_a_guest_with_a_disk_and_only_the_destination_keeps_it_open() {
         dir.path(),
         "source",
         &[
-            "run", "--kernel", probe.to_str().unwrap(), "--cmdline",
+            "run",
+            "--kernel",
+            probe.to_str().unwrap(),
+            "--cmdline",
             "probe.test=blk,dirty probe.blk_write=11 probe.dirty_mib=16 probe.dirty_rate_mib=16",
-            "--memory", "256M", "--exit-device", "--disk", &disk_flag,
-            "--api-socket", socket.to_str().unwrap(),
+            "--memory",
+            "256M",
+            "--exit-device",
+            "--disk",
+            &disk_flag,
+            "--api-socket",
+            socket.to_str().unwrap(),
         ],
     );
     source.wait_for_output("probe: dirty: running", DEADLINE);
-    assert!(source.stdout().contains("probe: blk: PASS"), "{}", source.stdout());
+    assert!(
+        source.stdout().contains("probe: blk: PASS"),
+        "{}",
+        source.stdout()
+    );
     wait_for_socket(&socket, DEADLINE);
 
     let listen = format!("unix:{}", dir.path().join("m.sock").display());
@@ -409,7 +427,11 @@ fn migrates_a_guest_with_a_disk_and_only_the_destination_keeps_it_open() {
     let open = fds
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .any(|target| target == disk);
-    assert!(open, "the destination does not have {} open", disk.display());
+    assert!(
+        open,
+        "the destination does not have {} open",
+        disk.display()
+    );
     // The device travelled with its state: the probe reset it after its test, and the
     // destination's copy says so (with the features it negotiated before the reset gone).
     let snap = snapshot(&dest_socket, &dir.path().join("after"));

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -132,33 +133,108 @@ impl Topology {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning ferry");
-        // Waits for 3 replies, for as long as the guest may take to boot and configure.
-        let pinger = Command::new("ip")
-            .args([
-                "netns", "exec", &self.b.0, "ping", "-c", "3", "-i", "0.5", "-w", "150",
-            ])
-            .arg(self.guest_ip())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning ping");
+        // Pings the guest from namespace `b` until 3 replies, for as long as the guest may take
+        // to boot and configure. In-process (raw ICMP socket on a thread inside `b`): the
+        // build machines have no `ping` binary.
+        let ns_b = self.b.0.clone();
+        let target = [10, 77, self.subnet as u8, 2];
+        let pinger =
+            std::thread::spawn(move || ping_from_netns(&ns_b, target, 3, Duration::from_secs(150)));
         let out = wait_with_deadline(child, DEADLINE);
-        let ping_ok = wait_ping(pinger);
+        let ping_ok = pinger.join().unwrap_or(0) >= 3;
         (out, ping_ok)
     }
 }
 
-/// Reaps ping, killing it if the guest is gone and it still waits.
-fn wait_ping(mut pinger: std::process::Child) -> bool {
-    for _ in 0..100 {
-        if let Ok(Some(status)) = pinger.try_wait() {
-            return status.success();
+/// Sends ICMP echo requests to `target` from inside network namespace `ns` (this thread joins
+/// it) every 300 ms until `want` replies arrived or `deadline` passed; returns the replies.
+fn ping_from_netns(ns: &str, target: [u8; 4], want: u32, deadline: Duration) -> u32 {
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns handle");
+    // SAFETY: setns on this thread only, with a valid namespace fd.
+    assert_eq!(
+        unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns"
+    );
+    // SAFETY: plain socket creation; closed at the end.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    assert!(
+        sock >= 0,
+        "raw ICMP socket: {}",
+        std::io::Error::last_os_error()
+    );
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 300_000,
+    };
+    // SAFETY: sets one timeval option on our socket.
+    unsafe {
+        libc::setsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    // SAFETY: sockaddr_in is plain data.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as u16;
+    addr.sin_addr.s_addr = u32::from_ne_bytes(target);
+    let id = (std::process::id() & 0xffff) as u16;
+    let start = std::time::Instant::now();
+    let mut replies = 0u32;
+    let mut seq = 0u16;
+    while replies < want && start.elapsed() < deadline {
+        seq = seq.wrapping_add(1);
+        let mut req = [0u8; 16];
+        req[0] = 8;
+        req[4..6].copy_from_slice(&id.to_be_bytes());
+        req[6..8].copy_from_slice(&seq.to_be_bytes());
+        req[8..16].copy_from_slice(b"ferrynet");
+        let c = inet_checksum(&req);
+        req[2..4].copy_from_slice(&c.to_be_bytes());
+        // SAFETY: sends from a live buffer to a valid sockaddr_in.
+        unsafe {
+            libc::sendto(
+                sock,
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        let mut buf = [0u8; 1500];
+        // SAFETY: receives into a live buffer (times out after 300 ms).
+        let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 20 {
+            continue;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        let ihl = usize::from(buf[0] & 15) * 4;
+        let icmp = &buf[ihl.min(n as usize)..n as usize];
+        if buf[12..16] == target
+            && icmp.len() >= 8
+            && icmp[0] == 0
+            && icmp[4..6] == id.to_be_bytes()
+        {
+            replies += 1;
+        }
     }
-    let _ = pinger.kill();
-    let _ = pinger.wait();
-    false
+    // SAFETY: closing our socket.
+    unsafe { libc::close(sock) };
+    replies
+}
+
+fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 fn run_ferry_in(ns: Option<&Netns>, args: &[&str]) -> RunOutput {

@@ -109,7 +109,9 @@ impl Bus {
 /// thread still holds consistent register state for our simple devices, and the VMM must not die
 /// on a second vCPU because of it.
 fn lock(device: &SharedBusDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -153,7 +155,10 @@ mod tests {
         bus.insert(recorder(), 0x100, 0x10).unwrap();
         assert!(matches!(
             bus.insert(recorder(), 0x10f, 1),
-            Err(BusError::Overlap { other_base: 0x100, .. })
+            Err(BusError::Overlap {
+                other_base: 0x100,
+                ..
+            })
         ));
         assert!(matches!(
             bus.insert(recorder(), 0xf8, 0x9),

@@ -299,9 +299,13 @@ pub fn http(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).expect("writing request");
+    stream
+        .write_all(request.as_bytes())
+        .expect("writing request");
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("reading response");
+    stream
+        .read_to_string(&mut response)
+        .expect("reading response");
     let status = response
         .split_whitespace()
         .nth(1)

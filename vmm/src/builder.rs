@@ -115,7 +115,15 @@ fn build(config: &VmConfig, options: &BuildOptions, mode: BuildMode) -> Result<B
                 .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))
         });
         let slots = scope.spawn(|| register_memory(&vm, &memory, config.machine.track_dirty_pages));
-        let rest = build_rest(config, options, &kvm, &vm, &memory, boot_files, serial_output);
+        let rest = build_rest(
+            config,
+            options,
+            &kvm,
+            &vm,
+            &memory,
+            boot_files,
+            serial_output,
+        );
         let joined = |r: std::thread::Result<Result<(), VmmError>>| {
             r.unwrap_or_else(|_| Err(VmmError::Device("a VM setup thread panicked".into())))
         };

@@ -183,7 +183,11 @@ pub fn serial_config(flag: Option<&SerialOutput>, stdin_is_terminal: bool) -> Se
 }
 
 /// Gives entries without an `id=` the id `<prefix><index>`.
-fn with_default_ids<T>(mut items: Vec<T>, prefix: &str, id: impl Fn(&mut T) -> &mut String) -> Vec<T> {
+fn with_default_ids<T>(
+    mut items: Vec<T>,
+    prefix: &str,
+    id: impl Fn(&mut T) -> &mut String,
+) -> Vec<T> {
     for (i, item) in items.iter_mut().enumerate() {
         let id = id(item);
         if id.is_empty() {
@@ -215,11 +219,15 @@ fn on_off(key: &str, value: &str) -> Result<bool, String> {
 fn check_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if ok {
         Ok(())
     } else {
-        Err(format!("id '{id}': use 1 to 64 letters, digits, '_' or '-'"))
+        Err(format!(
+            "id '{id}': use 1 to 64 letters, digits, '_' or '-'"
+        ))
     }
 }
 
@@ -304,7 +312,8 @@ fn parse_net(text: &str) -> Result<NetConfig, String> {
             }
         }
     }
-    net.backend = backend.ok_or_else(|| format!("'{text}': macvtap=NAME, tap=NAME or fd=N is required"))?;
+    net.backend =
+        backend.ok_or_else(|| format!("'{text}': macvtap=NAME, tap=NAME or fd=N is required"))?;
     Ok(net)
 }
 
@@ -317,7 +326,9 @@ fn check_mac(text: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("mac={text}: expected six hex bytes like 52:54:00:12:34:56"))
+        Err(format!(
+            "mac={text}: expected six hex bytes like 52:54:00:12:34:56"
+        ))
     }
 }
 
@@ -533,7 +544,10 @@ mod tests {
         assert_eq!(config.drives[0].drive_id, "disk0");
         assert_eq!(config.drives[0].path_on_host, "/img/a.raw");
         let d = &config.drives[1];
-        assert_eq!((d.drive_id.as_str(), d.is_read_only, d.direct), ("data", true, Some(false)));
+        assert_eq!(
+            (d.drive_id.as_str(), d.is_read_only, d.direct),
+            ("data", true, Some(false))
+        );
         assert_eq!(d.chap_secret_file.as_deref(), Some("/s"));
         let n = &config.nets[0];
         assert_eq!(n.iface_id, "net0");
@@ -547,13 +561,24 @@ mod tests {
     #[test]
     fn bad_disks_and_nets() {
         for bad in [
-            "id=x", "path=", "path=/a,readonly=maybe", "path=/a,size=3", "path=/a,id=bad id", "junk",
+            "id=x",
+            "path=",
+            "path=/a,readonly=maybe",
+            "path=/a,size=3",
+            "path=/a,id=bad id",
+            "junk",
         ] {
             assert!(parse_disk(bad).is_err(), "{bad}");
         }
         for bad in [
-            "mac=52:54:00:00:00:01", "tap=a,macvtap=b", "fd=-1", "fd=x", "tap=t,mac=1:2:3",
-            "tap=t,queues=0", "tap=t,queues=99", "bridge=br0",
+            "mac=52:54:00:00:00:01",
+            "tap=a,macvtap=b",
+            "fd=-1",
+            "fd=x",
+            "tap=t,mac=1:2:3",
+            "tap=t,queues=0",
+            "tap=t,queues=99",
+            "bridge=br0",
         ] {
             assert!(parse_net(bad).is_err(), "{bad}");
         }

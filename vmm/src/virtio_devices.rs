@@ -118,7 +118,10 @@ fn open_net(net: &NetConfig) -> Result<Arc<Mutex<Net>>, VmmError> {
     };
     let backend = open_net_backend(&spec)
         .map_err(|e| VmmError::Device(format!("network interface '{}': {e}", net.iface_id)))?;
-    Net::new_shared(backend).map_err(VmmError::io(format!("network interface '{}'", net.iface_id)))
+    Net::new_shared(backend).map_err(VmmError::io(format!(
+        "network interface '{}'",
+        net.iface_id
+    )))
 }
 
 impl VirtioDevices {
@@ -140,8 +143,12 @@ impl VirtioDevices {
         let transport = MmioTransport::new(memory.clone(), device)
             .map_err(VmmError::io(format!("virtio transport for '{id}'")))?;
         for (queue, evt) in transport.queue_notify_evts() {
-            vm.register_ioevent(evt, &IoEventAddress::Mmio(addr + QUEUE_NOTIFY_OFFSET), queue)
-                .map_err(|e| VmmError::Kvm("KVM_IOEVENTFD", e))?;
+            vm.register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(addr + QUEUE_NOTIFY_OFFSET),
+                queue,
+            )
+            .map_err(|e| VmmError::Kvm("KVM_IOEVENTFD", e))?;
         }
         vm.register_irqfd(transport.interrupt_evt(), irq)
             .map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
@@ -230,12 +237,16 @@ impl VirtioDevices {
                 Model::Block(b) => {
                     let state = serde_json::from_value(saved.model.clone())
                         .map_err(|e| bad(e.to_string()))?;
-                    lock(b).restore_state(&state).map_err(|e| bad(e.to_string()))?;
+                    lock(b)
+                        .restore_state(&state)
+                        .map_err(|e| bad(e.to_string()))?;
                 }
                 Model::Net(n) => {
                     let state = serde_json::from_value(saved.model.clone())
                         .map_err(|e| bad(e.to_string()))?;
-                    lock(n).restore_state(&state).map_err(|e| bad(e.to_string()))?;
+                    lock(n)
+                        .restore_state(&state)
+                        .map_err(|e| bad(e.to_string()))?;
                 }
             }
             lock(&d.transport)
@@ -257,9 +268,9 @@ impl VirtioDevices {
             return Err(VmmError::Config(format!("no drive '{drive_id}'")));
         };
         let _ = path;
-        lock(block)
-            .refresh_capacity()
-            .map_err(VmmError::io(format!("re-reading the size of drive '{drive_id}'")))
+        lock(block).refresh_capacity().map_err(VmmError::io(format!(
+            "re-reading the size of drive '{drive_id}'"
+        )))
     }
 
     /// Tells the network where the guest is now (after a migration).
