@@ -13,7 +13,7 @@ use crate::error::VmmError;
 /// Maps `size` bytes of guest RAM according to the x86_64 layout.
 pub fn create_guest_memory(size: u64) -> Result<GuestMemory, VmmError> {
     let size_mib = size >> 20;
-    if size < (16 << 20) || size > MAX_MEMORY || size % (2 << 20) != 0 {
+    if !((16 << 20)..=MAX_MEMORY).contains(&size) || !size.is_multiple_of(2 << 20) {
         return Err(VmmError::Config(format!(
             "guest memory must be a multiple of 2 MiB between 16 MiB and {} GiB, not {size_mib} MiB",
             MAX_MEMORY >> 30

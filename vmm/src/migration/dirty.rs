@@ -75,7 +75,7 @@ impl Drop for DirtyLog<'_> {
 /// Turns on manual dirty-log protection where the host has it: KVM then write-protects only the
 /// pages each round actually clears, instead of the whole slot on every log read.
 fn enable_manual_protect(vm: &VmFd) -> bool {
-    let supported = vm.check_extension_raw(u64::from(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2).into());
+    let supported = vm.check_extension_raw(u64::from(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2));
     if supported <= 0 {
         return false;
     }

@@ -183,7 +183,7 @@ pub fn read_source_message(
 }
 
 fn check_range(gpa: u64, len: u64, ok: &impl Fn(u64, u64) -> bool) -> Result<(), WireError> {
-    let aligned = gpa % PAGE == 0 && len % PAGE == 0 && len > 0;
+    let aligned = gpa.is_multiple_of(PAGE) && len.is_multiple_of(PAGE) && len > 0;
     if !aligned || gpa.checked_add(len).is_none() || !ok(gpa, len) {
         return Err(WireError::BadRange { gpa, len });
     }
