@@ -196,6 +196,10 @@ impl Bench {
         }
         let elapsed = start.elapsed();
         let cpu = thread_cpu() - cpu0;
+        println!(
+            "  (rx_dropped so far: {})",
+            self.metrics.rx_dropped.load(Ordering::Relaxed)
+        );
         stop.store(true, Ordering::SeqCst);
         let _ = feeder.join();
         // Header bytes are not frame data; frames counted from the byte total.
@@ -236,7 +240,8 @@ fn spawn_feeder(tap: &str, len: usize, stop: Arc<AtomicBool>) -> std::thread::Jo
                         sock.as_raw_fd(),
                         frame.as_ptr().cast(),
                         frame.len(),
-                        0,
+                        // Never block: with the device stopped the tap queue stays full.
+                        libc::MSG_DONTWAIT,
                         (&addr as *const libc::sockaddr_ll).cast(),
                         std::mem::size_of::<libc::sockaddr_ll>() as u32,
                     )
@@ -290,17 +295,21 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(2.0);
-    let tap = format!("fbench{}", std::process::id() % 100_000);
-    let mut b = Bench::new(&tap);
-    report("TX 64 B frames", b.tx(&tx_frame(64, false), secs));
+    // A fresh device and tap per case: each run leaves buffers in its rings.
+    let tap = |i: u32| format!("fbench{}{i}", std::process::id() % 10_000);
+    report(
+        "TX 64 B frames",
+        Bench::new(&tap(0)).tx(&tx_frame(64, false), secs),
+    );
     report(
         "TX 64 KiB TSO frames",
-        b.tx(&tx_frame(65536 - 12, true), secs),
+        Bench::new(&tap(1)).tx(&tx_frame(65536 - 12, true), secs),
     );
-    report("RX 64 B frames", b.rx(64, secs));
+    report("RX 64 B frames", Bench::new(&tap(2)).rx(64, secs));
+    let mut b = Bench::new(&tap(3));
     // Large host→guest frames need a large tap MTU (no GSO on the AF_PACKET side).
     let _ = std::process::Command::new("ip")
-        .args(["link", "set", &tap, "mtu", "65000"])
+        .args(["link", "set", &tap(3), "mtu", "65000"])
         .status();
     report("RX 64 KiB frames (MTU 65000)", b.rx(65014, secs));
 }

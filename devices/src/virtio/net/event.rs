@@ -107,7 +107,7 @@ impl Net {
                 }
             }
         } else if index / 2 < usize::from(a.usable_pairs) {
-            if index % 2 == 0 {
+            if index.is_multiple_of(2) {
                 self.process_rx(&mut a, index / 2);
             } else {
                 self.process_tx_rekick(&mut a, index / 2);

@@ -291,6 +291,16 @@ fn notify_guest(q: &mut Queue, mem: &GuestMemory, interrupt: &VirtioInterrupt) {
     }
 }
 
+/// A driver that publishes an avail index more than a ring ahead of the device breaks the
+/// ring (virtio-queue then pops nothing); detecting it keeps "buffers are available, but none
+/// can be popped" from spinning the device thread.
+fn avail_overrun(q: &Queue, mem: &GuestMemory) -> bool {
+    match q.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+        Ok(idx) => idx.0.wrapping_sub(q.next_avail()) > q.size(),
+        Err(_) => true,
+    }
+}
+
 /// vnet header (all zero: no offloads) + a 60-byte RARP request from `mac`.
 pub fn rarp_frame(mac: MacAddr) -> [u8; VNET_HDR_LEN + 60] {
     let mut f = [0u8; VNET_HDR_LEN + 60];
@@ -370,10 +380,8 @@ impl VirtioDevice for Net {
             list.push(queue);
         }
         // The first pair is mandatory; the rest may stay off.
-        for i in 0..2 {
-            if !list[i].ready() {
-                return Err(ActivateError::BadQueue(i));
-            }
+        if let Some(i) = list.iter().take(2).position(|q| !q.ready()) {
+            return Err(ActivateError::BadQueue(i));
         }
         let ctrl = (has(self.acked_features, VIRTIO_NET_F_CTRL_VQ) && list[ctrl_index].ready())
             .then_some(ctrl_index);

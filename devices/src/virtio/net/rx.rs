@@ -16,12 +16,12 @@ use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::config::has;
-use super::{notify_guest, Active, Net, NetMetrics, Seg, ETH_HLEN, MAX_CHAIN_DESCS};
+use super::{avail_overrun, notify_guest, Active, Net, NetMetrics, Seg, ETH_HLEN, MAX_CHAIN_DESCS};
 use crate::net::vnet::{fix_rx_header, VNET_HDR_LEN};
 use crate::GuestMemory;
 
-/// Frames moved per pass before other events get a turn (the fd stays watched, so the loop
-/// comes back).
+/// Frames handled (delivered or dropped) per pass before other events get a turn (the fd stays
+/// watched, so the loop comes back).
 const RX_BATCH: usize = 256;
 
 enum Delivery {
@@ -74,8 +74,9 @@ impl Net {
                 self.pairs[p].rx_len = n;
             }
             match self.deliver(a, p, &mut used) {
-                Delivery::Delivered => frames += 1,
-                Delivery::Dropped => {}
+                // Dropped frames count too: a flood of undeliverable frames must not keep
+                // the device thread here forever.
+                Delivery::Delivered | Delivery::Dropped => frames += 1,
                 Delivery::NoBuffers { seen } => {
                     // Ask for a kick when the driver adds past what we saw (avail_event is
                     // taken from next_avail, so point it there for the call), and look again
@@ -86,6 +87,9 @@ impl Net {
                     let more = q.enable_notification(&a.mem);
                     q.set_next_avail(start);
                     match more {
+                        Ok(true) if avail_overrun(q, &a.mem) => {
+                            Net::break_device(a, "RX avail index is beyond the ring")
+                        }
                         Ok(true) => continue,
                         Ok(false) => {}
                         Err(_) => Net::break_device(a, "cannot access the RX avail ring"),

@@ -80,7 +80,7 @@ fn frame(tag: u8, payload: usize) -> Vec<u8> {
     f.extend_from_slice(&[0xff; 6]);
     f.extend_from_slice(&[2, 0, 0, 0, 0, tag]);
     f.extend_from_slice(&0x0800u16.to_be_bytes());
-    f.extend(std::iter::repeat(tag).take(payload));
+    f.extend(std::iter::repeat_n(tag, payload));
     f
 }
 
@@ -701,4 +701,19 @@ fn activation_needs_the_first_pair() {
 fn net_is_send() {
     fn assert_send<T: Send>() {}
     assert_send::<Net>();
+}
+
+/// A driver publishing an avail index more than a ring ahead: the device gives up on the queue
+/// (DEVICE_NEEDS_RESET) instead of spinning, for RX and TX alike.
+#[test]
+fn avail_index_beyond_the_ring_breaks_the_device_not_the_thread() {
+    for queue in [0usize, 1] {
+        let mut h = Harness::new(BASIC, 1);
+        let avail_idx = GuestAddress(h.drivers[queue].avail.0 + 2);
+        h.mem.write_obj(100u16.to_le(), avail_idx).unwrap();
+        send(&h.peers[0], &frame(1, 64));
+        h.kick(queue);
+        assert!(h.interrupt.needs_reset(), "queue {queue}");
+        assert!(h.net.lock().unwrap().active.as_ref().unwrap().broken);
+    }
 }

@@ -9,7 +9,9 @@
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
-use super::{notify_guest, Active, Net, NetMetrics, ETH_HLEN, MAX_CHAIN_DESCS, MAX_FRAME_LEN};
+use super::{
+    avail_overrun, notify_guest, Active, Net, NetMetrics, ETH_HLEN, MAX_CHAIN_DESCS, MAX_FRAME_LEN,
+};
 use crate::net::vnet::{check_tx_header, VNET_HDR_LEN};
 use crate::GuestMemory;
 
@@ -101,6 +103,10 @@ impl Net {
                 used = true;
             }
             match a.queues[qi].enable_notification(&a.mem) {
+                Ok(true) if avail_overrun(&a.queues[qi], &a.mem) => {
+                    Net::break_device(a, "TX avail index is beyond the ring");
+                    break;
+                }
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(_) => {
