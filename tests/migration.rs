@@ -468,3 +468,140 @@ fn a_ferry_waiting_on_its_api_socket_receives_through_put_migration_receive() {
     assert!(migration.contains(r#""state":"completed""#), "{migration}");
     assert!(dest.is_running());
 }
+
+/// A pretend destination that follows the protocol up to COMMIT and then vanishes without
+/// acknowledging it.
+fn vanishing_destination(listener: std::os::unix::net::UnixListener) {
+    use std::io::{Read, Write};
+    let (mut s, _) = listener.accept().unwrap();
+    let mut u8buf = [0u8; 1];
+    let mut read_u32 = |s: &mut std::os::unix::net::UnixStream| {
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        u32::from_le_bytes(b)
+    };
+    let skip = |s: &mut std::os::unix::net::UnixStream, n: u64| {
+        std::io::copy(&mut s.take(n), &mut std::io::sink()).unwrap();
+    };
+    let mut hello = [0u8; 12];
+    s.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello[..8], b"FERRYMIG");
+    s.write_all(&[0x81]).unwrap();
+    loop {
+        s.read_exact(&mut u8buf).unwrap();
+        match u8buf[0] {
+            0x01 => {
+                let len = read_u32(&mut s);
+                skip(&mut s, u64::from(len));
+                s.write_all(&[0x82]).unwrap();
+            }
+            0x02 => {
+                skip(&mut s, 8);
+                let len = read_u32(&mut s);
+                skip(&mut s, u64::from(len));
+            }
+            0x03 => skip(&mut s, 16),
+            0x04 => skip(&mut s, 4),
+            0x05 => {
+                let len = read_u32(&mut s);
+                skip(&mut s, u64::from(len));
+                s.write_all(&[0x83]).unwrap();
+            }
+            // COMMIT: drop the connection without COMMITTED.
+            0x07 => return,
+            other => panic!("unexpected message {other:#x}"),
+        }
+    }
+}
+
+#[test]
+fn a_lost_commit_acknowledgement_leaves_the_source_paused_in_doubt() {
+    let dir = TempDir::new("mig-doubt");
+    let (mut source, source_socket) = start_source(dir.path(), "source", 16);
+    let path = dir.path().join("fake.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fake = std::thread::spawn(move || vanishing_destination(listener));
+    let out = migrate(&source_socket, &format!("unix:{}", path.display()), &[]);
+    fake.join()
+        .expect("the pretend destination saw the whole protocol");
+    assert_eq!(
+        out.code(),
+        Some(3),
+        "in doubt exits 3: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stderr.contains("doubt"), "{}", out.stderr);
+    // The source never resumed the guest; it exits with the in-doubt status.
+    assert_eq!(
+        source.wait_exit(DEADLINE).code(),
+        Some(3),
+        "{}",
+        source.stderr()
+    );
+    assert!(source.stderr().contains("in doubt"), "{}", source.stderr());
+    assert!(
+        !source.stderr().contains("side\":\"source"),
+        "no completion may be reported"
+    );
+}
+
+#[path = "../devices/tests/iscsi_support/mod.rs"]
+mod iscsi_support;
+
+#[test]
+fn migrates_a_guest_on_an_iscsi_lun_opened_by_the_destination_itself() {
+    let target = iscsi_support::Tgtd::start(8 << 20, iscsi_support::Setup::default());
+    let dir = TempDir::new("mig-iscsi");
+    let socket = dir.path().join("source.sock");
+    let probe = probe_bin();
+    let disk_flag = format!("path={},id=san", target.url(1));
+    let mut source = FerryProcess::spawn(
+        dir.path(),
+        "source",
+        &[
+            "run",
+            "--kernel",
+            probe.to_str().unwrap(),
+            "--cmdline",
+            "probe.test=blk,dirty probe.blk_write=12 probe.dirty_mib=16 probe.dirty_rate_mib=16",
+            "--memory",
+            "256M",
+            "--exit-device",
+            "--disk",
+            &disk_flag,
+            "--api-socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    source.wait_for_output("probe: dirty: running", DEADLINE);
+    assert!(
+        source.stdout().contains("probe: blk: PASS"),
+        "{}",
+        source.stdout()
+    );
+    wait_for_socket(&socket, DEADLINE);
+    let listen = format!("unix:{}", dir.path().join("m.sock").display());
+    let (mut dest, dest_socket) = start_destination(dir.path(), "dest", &listen);
+    wait_listening(&listen);
+    let out = migrate(&socket, &listen, &["--verify"]);
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(source.wait_exit(DEADLINE).code(), Some(0));
+    wait_for_socket(&dest_socket, DEADLINE);
+    assert!(dest.is_running());
+    let mut expected = vec![0u8; 256 * 1024];
+    ferry_probe::pattern::fill(12, 0, &mut expected);
+    assert!(
+        target.read_file(0, expected.len()) == expected,
+        "acknowledged writes lost"
+    );
+    // The destination logged in to the target itself.
+    let metrics = ctl(&dest_socket, &["metrics"], DEADLINE);
+    assert!(
+        metrics
+            .stdout
+            .contains("ferry_block_requests_total{drive=\"san\"}"),
+        "{}",
+        metrics.stdout
+    );
+}
