@@ -475,7 +475,7 @@ fn vanishing_destination(listener: std::os::unix::net::UnixListener) {
     use std::io::{Read, Write};
     let (mut s, _) = listener.accept().unwrap();
     let mut u8buf = [0u8; 1];
-    let mut read_u32 = |s: &mut std::os::unix::net::UnixStream| {
+    let read_u32 = |s: &mut std::os::unix::net::UnixStream| {
         let mut b = [0u8; 4];
         s.read_exact(&mut b).unwrap();
         u32::from_le_bytes(b)
