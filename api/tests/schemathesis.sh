@@ -49,7 +49,7 @@ done
 # are refused when the state forbids them (e.g. PATCH /drives before boot), as the VMM does.
 # Run from the scratch directory: schemathesis and hypothesis leave caches in the current one.
 cd "$work"
-"$st" run "$repo/docs/api/ferry.yaml" \
+"$st" --config-file "$repo/api/tests/schemathesis.toml" run "$repo/docs/api/ferry.yaml" \
     --url "http://127.0.0.1:$port" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection,unsupported_method \
     --phases examples,coverage,fuzzing \
