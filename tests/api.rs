@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -15,29 +13,10 @@ use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// One HTTP/1.1 request over the socket; returns (status, body).
+/// One HTTP/1.1 request over the socket with a JSON body; returns (status, body).
 fn http(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
-    let mut stream = UnixStream::connect(socket).expect("connecting to the API socket");
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad response: {response}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let body = body.map(Value::to_string);
+    common::http(socket, method, path, body.as_deref())
 }
 
 fn ok(socket: &Path, method: &str, path: &str, body: Value) {

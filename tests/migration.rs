@@ -98,6 +98,42 @@ fn wait_listening(listen: &str) {
     }
 }
 
+/// A source guest whose probe first writes the blk pattern `seed` to `disk_flag`'s disk, then
+/// keeps a small dirty loop running; returns it once both are under way.
+fn start_source_with_disk(dir: &Path, disk_flag: &str, seed: u64) -> (FerryProcess, PathBuf) {
+    let socket = dir.join("source.sock");
+    let probe = probe_bin();
+    let cmdline = format!(
+        "probe.test=blk,dirty probe.blk_write={seed} probe.dirty_mib=16 probe.dirty_rate_mib=16"
+    );
+    let mut source = FerryProcess::spawn(
+        dir,
+        "source",
+        &[
+            "run",
+            "--kernel",
+            probe.to_str().unwrap(),
+            "--cmdline",
+            &cmdline,
+            "--memory",
+            "256M",
+            "--exit-device",
+            "--disk",
+            disk_flag,
+            "--api-socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    source.wait_for_output("probe: dirty: running", DEADLINE);
+    assert!(
+        source.stdout().contains("probe: blk: PASS"),
+        "{}",
+        source.stdout()
+    );
+    wait_for_socket(&socket, DEADLINE);
+    (source, socket)
+}
+
 /// Snapshot through the API (`ferry ctl snapshot`), guest resumed afterwards. Returns the dir.
 fn snapshot(socket: &Path, dir: &Path) -> PathBuf {
     let out = ctl(
@@ -381,34 +417,8 @@ fn migrates_a_guest_with_a_disk_and_only_the_destination_keeps_it_open() {
     let dir = TempDir::new("mig-disk");
     let disk = dir.path().join("shared.img");
     std::fs::write(&disk, vec![0u8; 2 << 20]).unwrap();
-    let socket = dir.path().join("source.sock");
-    let probe = probe_bin();
     let disk_flag = format!("path={},id=data", disk.display());
-    let mut source = FerryProcess::spawn(
-        dir.path(),
-        "source",
-        &[
-            "run",
-            "--kernel",
-            probe.to_str().unwrap(),
-            "--cmdline",
-            "probe.test=blk,dirty probe.blk_write=11 probe.dirty_mib=16 probe.dirty_rate_mib=16",
-            "--memory",
-            "256M",
-            "--exit-device",
-            "--disk",
-            &disk_flag,
-            "--api-socket",
-            socket.to_str().unwrap(),
-        ],
-    );
-    source.wait_for_output("probe: dirty: running", DEADLINE);
-    assert!(
-        source.stdout().contains("probe: blk: PASS"),
-        "{}",
-        source.stdout()
-    );
-    wait_for_socket(&socket, DEADLINE);
+    let (mut source, socket) = start_source_with_disk(dir.path(), &disk_flag, 11);
 
     let listen = format!("unix:{}", dir.path().join("m.sock").display());
     let (dest, dest_socket) = start_destination(dir.path(), "dest", &listen);
@@ -553,34 +563,8 @@ mod iscsi_support;
 fn migrates_a_guest_on_an_iscsi_lun_opened_by_the_destination_itself() {
     let target = iscsi_support::Tgtd::start(8 << 20, iscsi_support::Setup::default());
     let dir = TempDir::new("mig-iscsi");
-    let socket = dir.path().join("source.sock");
-    let probe = probe_bin();
     let disk_flag = format!("path={},id=san", target.url(1));
-    let mut source = FerryProcess::spawn(
-        dir.path(),
-        "source",
-        &[
-            "run",
-            "--kernel",
-            probe.to_str().unwrap(),
-            "--cmdline",
-            "probe.test=blk,dirty probe.blk_write=12 probe.dirty_mib=16 probe.dirty_rate_mib=16",
-            "--memory",
-            "256M",
-            "--exit-device",
-            "--disk",
-            &disk_flag,
-            "--api-socket",
-            socket.to_str().unwrap(),
-        ],
-    );
-    source.wait_for_output("probe: dirty: running", DEADLINE);
-    assert!(
-        source.stdout().contains("probe: blk: PASS"),
-        "{}",
-        source.stdout()
-    );
-    wait_for_socket(&socket, DEADLINE);
+    let (mut source, socket) = start_source_with_disk(dir.path(), &disk_flag, 12);
     let listen = format!("unix:{}", dir.path().join("m.sock").display());
     let (mut dest, dest_socket) = start_destination(dir.path(), "dest", &listen);
     wait_listening(&listen);
