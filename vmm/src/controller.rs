@@ -20,7 +20,7 @@ use ferry_devices::persist::Persist;
 
 use crate::builder::{build_vm, build_vm_for_restore, BuildOptions, BuiltVm};
 use crate::error::VmmError;
-use crate::event_loop::EventLoop;
+use crate::event_loop::{EventLoop, ParkGuard};
 use crate::metrics::VcpuMetrics;
 use crate::vcpu::{install_kick_handler, VcpuHandle, VcpuRequest, VcpuState};
 use crate::virtio_devices::VirtioDevices;
@@ -52,7 +52,9 @@ struct RunningVm {
     vm: Arc<VmFd>,
     memory: GuestMemory,
     vcpus: Vec<VcpuHandle>,
-    _event_loop: EventLoop,
+    event_loop: EventLoop,
+    /// Set while paused: the device thread is parked too.
+    parked: Option<ParkGuard>,
     serial: Arc<Mutex<Serial>>,
     exit: Arc<ExitCode>,
     metrics: Arc<VcpuMetrics>,
@@ -72,7 +74,8 @@ impl RunningVm {
             vm: built.vm,
             memory: built.memory,
             vcpus,
-            _event_loop: event_loop,
+            event_loop,
+            parked: None,
             serial: built.serial,
             exit: built.context.exit.clone(),
             metrics: built.context.metrics.clone(),
@@ -229,6 +232,11 @@ impl VmController {
 
     /// Ends the controller's VM after a successful migration: the destination owns the guest now.
     pub fn forget_migrated(&mut self) {
+        // The destination owns the guest and its disks now: the device thread stays parked for
+        // good, so not even a stale queue notification can touch shared storage from here.
+        if let Some(guard) = self.vm.as_mut().and_then(|vm| vm.parked.take()) {
+            std::mem::forget(guard);
+        }
         self.stop();
         self.vm = None;
     }
@@ -240,19 +248,31 @@ impl VmController {
         })
     }
 
-    /// Stops every vCPU at its next instruction boundary.
+    /// Stops every vCPU at its next instruction boundary, then the device thread, so nothing
+    /// changes guest memory or device state until [`VmController::resume`].
     pub fn pause(&mut self) -> Result<(), VmmError> {
         self.expect(VmState::Running, "pausing")?;
-        for vcpu in &self.running()?.vcpus {
+        let vm = self.vm.as_mut().ok_or(VmmError::InvalidState {
+            state: "not started",
+            action: "pausing",
+        })?;
+        for vcpu in &vm.vcpus {
             vcpu.pause()?;
         }
+        vm.parked = Some(vm.event_loop.park()?);
         self.state = VmState::Paused;
         Ok(())
     }
 
     pub fn resume(&mut self) -> Result<(), VmmError> {
         self.expect(VmState::Paused, "resuming")?;
-        for vcpu in &self.running()?.vcpus {
+        let vm = self.vm.as_mut().ok_or(VmmError::InvalidState {
+            state: "not started",
+            action: "resuming",
+        })?;
+        // Devices first: a vCPU's first kick must find the device thread running.
+        vm.parked = None;
+        for vcpu in &vm.vcpus {
             vcpu.send(VcpuRequest::Resume)?;
         }
         self.state = VmState::Running;

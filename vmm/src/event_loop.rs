@@ -47,6 +47,26 @@ impl EventLoop {
         })
     }
 
+    /// Stops the device thread between events until the returned guard is dropped. With the
+    /// vCPUs paused this freezes every device: no queue is popped and no guest memory is written,
+    /// so a saved state (and the memory sent after it) cannot be overtaken by device work — a
+    /// request popped after the save would be lost on the destination.
+    pub fn park(&self) -> Result<ParkGuard, VmmError> {
+        let (parked_tx, parked_rx) = std::sync::mpsc::channel::<()>();
+        let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
+        self.endpoint
+            .fire(move |_| {
+                let _ = parked_tx.send(());
+                // Blocks the device thread until the guard is dropped (sender gone).
+                let _ = resume_rx.recv();
+            })
+            .map_err(|e| VmmError::Device(format!("event manager: {e:?}")))?;
+        parked_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .map_err(|_| VmmError::Device("the device thread did not stop".into()))?;
+        Ok(ParkGuard { _resume: resume_tx })
+    }
+
     /// Adds a subscriber from another thread (used when devices are hot-added or restored).
     pub fn add(&self, subscriber: Subscriber) -> Result<(), VmmError> {
         self.endpoint
@@ -56,6 +76,11 @@ impl EventLoop {
             })
             .map_err(|e| VmmError::Device(format!("event manager: {e:?}")))
     }
+}
+
+/// Keeps the device thread parked while alive (see [`EventLoop::park`]).
+pub struct ParkGuard {
+    _resume: std::sync::mpsc::Sender<()>,
 }
 
 /// Feeds host stdin to the guest's UART.
