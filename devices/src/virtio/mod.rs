@@ -37,7 +37,7 @@
 //! device without guest help when the saved status has DRIVER_OK.
 //!
 //! # Wiring a disk (what the VMM does)
-//! ```ignore
+//! ```text
 //! let disk = storage::open::open_disk(&drive.path, drive.read_only, drive.direct)?;
 //! let block = block::Block::new_shared(&drive.id, disk)?;          // Arc<Mutex<Block>>
 //! let transport = mmio::MmioTransport::new(mem.clone(), block.clone())?;
