@@ -182,13 +182,15 @@ impl VirtioDevices {
             .collect()
     }
 
-    /// Completes in-flight block requests (VM paused, before save): afterwards every request the
-    /// guest made is either completed or still in its avail ring, and disks are flushed by the
-    /// backends' completion of writes.
+    /// Completes in-flight block requests and flushes the disks (VM paused, before save):
+    /// afterwards every request the guest made is either completed or still in its avail ring,
+    /// and every completed write is durable where the destination will read it.
     pub fn quiesce(&self) -> Result<(), VmmError> {
         for d in &self.devices {
             if let Model::Block(b) = &d.model {
-                lock(b).quiesce();
+                lock(b)
+                    .quiesce()
+                    .map_err(VmmError::io(format!("flushing disk '{}'", d.id)))?;
             }
         }
         Ok(())

@@ -178,9 +178,51 @@ impl Block {
     }
 
     /// Waits until every request handed to the backend has completed and been reported to the
-    /// guest, without taking new ones. Call with vCPUs paused before saving state.
-    pub fn quiesce(&mut self) {
+    /// guest, without taking new ones, then makes completed writes durable on the backend
+    /// (fdatasync, SYNCHRONIZE CACHE), so another host opening shared storage sees them. Call
+    /// with vCPUs paused (and the device thread parked) before saving state.
+    pub fn quiesce(&mut self) -> io::Result<()> {
         self.drain(true);
+        if self.info.read_only {
+            return Ok(());
+        }
+        self.flush_backend()
+    }
+
+    /// A synchronous backend flush; only valid with nothing in flight (after `drain`), so the one
+    /// completion that arrives is the flush's.
+    fn flush_backend(&mut self) -> io::Result<()> {
+        const FLUSH_TAG: u64 = u64::MAX;
+        let req = crate::storage::DiskRequest {
+            tag: FLUSH_TAG,
+            op: crate::storage::DiskOp::Flush,
+            offset: 0,
+            len: 0,
+            bufs: &[],
+        };
+        self.backend
+            .submit(&req)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.backend.kick()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            self.completions.clear();
+            self.backend.poll_completions(&mut self.completions);
+            if let Some(c) = self.completions.iter().find(|c| c.tag == FLUSH_TAG) {
+                return match c.result {
+                    Ok(_) | Err(crate::storage::DiskError::Unsupported) => Ok(()),
+                    Err(crate::storage::DiskError::Io) => {
+                        Err(io::Error::other("the disk backend failed to flush"))
+                    }
+                };
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(io::Error::other(
+                    "the disk backend did not finish a flush in 30 s",
+                ));
+            }
+            queue::wait_readable(self.backend.notifier(), 10);
+        }
     }
 
     fn limits(&self) -> request::Limits {

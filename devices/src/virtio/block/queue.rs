@@ -368,7 +368,7 @@ impl Block {
 }
 
 /// Sleeps until `fd` is readable or `timeout_ms` passed; just sleeps when there is no fd.
-fn wait_readable(fd: Option<std::os::fd::RawFd>, timeout_ms: i32) {
+pub(super) fn wait_readable(fd: Option<std::os::fd::RawFd>, timeout_ms: i32) {
     let Some(fd) = fd else {
         std::thread::sleep(Duration::from_millis(1));
         return;

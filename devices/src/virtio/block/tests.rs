@@ -652,7 +652,7 @@ fn save_restore_continues_the_queue() {
     // One request in flight at pause time.
     r.request(VIRTIO_BLK_T_FLUSH, 0, &[]);
     r.block.lock().unwrap().process_queue();
-    r.block.lock().unwrap().quiesce();
+    r.block.lock().unwrap().quiesce().unwrap();
     let block_state = r.block.lock().unwrap().save_state();
     let t_state = r.t.save_state();
     assert_eq!(t_state.queues[0].next_used, 2);
@@ -896,5 +896,70 @@ fn device_over_loop_device_and_sync_engine() {
         let (st, _) = r.run(VIRTIO_BLK_T_IN, 8, &[TestDesc::w(DATA, 4096)]);
         assert_eq!(st, S_OK);
         assert_eq!(r.bytes(DATA, 4096), vec![0; 4096]);
+    }
+}
+
+/// Records the operations it is given and completes each at once.
+struct Recorder {
+    ops: Arc<Mutex<Vec<DiskOp>>>,
+    done: Vec<Completion>,
+    read_only: bool,
+}
+
+impl DiskBackend for Recorder {
+    fn info(&self) -> DiskInfo {
+        DiskInfo {
+            size_bytes: MIB,
+            logical_block_size: 512,
+            read_only: self.read_only,
+            discard: false,
+            write_zeroes: false,
+        }
+    }
+    fn refresh(&mut self) -> io::Result<DiskInfo> {
+        Ok(self.info())
+    }
+    fn queue_depth(&self) -> usize {
+        8
+    }
+    fn submit(&mut self, req: &DiskRequest<'_>) -> Result<(), SubmitError> {
+        self.ops.lock().unwrap().push(req.op);
+        self.done.push(Completion {
+            tag: req.tag,
+            result: Ok(0),
+        });
+        Ok(())
+    }
+    fn kick(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn notifier(&self) -> Option<RawFd> {
+        None
+    }
+    fn poll_completions(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.done);
+    }
+    fn in_flight(&self) -> usize {
+        self.done.len()
+    }
+}
+
+#[test]
+fn quiesce_flushes_a_writable_backend_once_and_a_read_only_one_never() {
+    for read_only in [false, true] {
+        let ops = Arc::new(Mutex::new(Vec::new()));
+        let backend = Recorder {
+            ops: ops.clone(),
+            done: Vec::new(),
+            read_only,
+        };
+        let block = Block::new_shared("d", Box::new(backend)).unwrap();
+        block.lock().unwrap().quiesce().unwrap();
+        let expected: &[DiskOp] = if read_only { &[] } else { &[DiskOp::Flush] };
+        assert_eq!(
+            ops.lock().unwrap().as_slice(),
+            expected,
+            "read_only={read_only}"
+        );
     }
 }
