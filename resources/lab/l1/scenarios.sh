@@ -1,0 +1,506 @@
+#!/bin/busybox sh
+# The lab's scenarios, sourced by L1's /init. One function per scenario, sc_<name with _>, run in
+# its own work directory $W. A scenario records its verdict with `pass EVIDENCE` or
+# `fail EVIDENCE` (the last call wins); evidence is read from L2's console (ferry's stdout,
+# lab-l2: lines printed by resources/lab/l2/init) and from L1 (files, exit statuses).
+# Every ferry/qemu/tgtd started is bounded by `timeout` and killed by PID at the end.
+
+# shellcheck disable=SC2013,SC2129 # the command line and pid list are words; separate lvm logs are clearer
+K=/lab/vmlinux
+I=/lab/l2.cpio.gz
+# Extra L2 kernel parameters for the feature scenarios (not for boot-1cpu/boot-2cpu, which test
+# the default). Set by run.sh through `lab.l2extra=` (commas stand for blanks).
+L2X=""
+for w in $(cat /proc/cmdline); do
+    case "$w" in lab.l2extra=*) L2X=$(echo "${w#*=}" | tr ',' ' ') ;; esac
+done
+LVMC='activation { udev_sync = 0 udev_rules = 0 monitoring = 0 } devices { obtain_device_list_from_udev = 0 }'
+
+now() { cut -d' ' -f1 /proc/uptime; }
+pass() { echo "PASS $*" >"$W/result"; }
+fail() { echo "FAIL $*" >"$W/result"; }
+# bg NAME SECS CMD...: start CMD bounded by SECS (SIGKILL), stdout NAME.out, stderr NAME.err.
+# Sets $pid.
+bg() {
+    n=$1 t=$2
+    shift 2
+    timeout -s KILL "$t" "$@" >"$W/$n.out" 2>"$W/$n.err" &
+    pid=$!
+    echo "$pid" >>"$W/pids"
+}
+# waitfor FILE PATTERN SECS: wait until FILE has a line matching PATTERN (grep -E).
+waitfor() {
+    i=0
+    while [ "$i" -lt $(($3 * 4)) ]; do
+        grep -qE "$2" "$1" 2>/dev/null && return 0
+        sleep 0.25
+        i=$((i + 1))
+    done
+    return 1
+}
+# ev FILE KEY: the value of the first `lab-l2: ...KEY=value` in FILE (up to a blank).
+ev() { tr -d '\r' <"$1" | sed -n "s/.*lab-l2: .*$2=\([^ ]*\).*/\1/p" | head -n1; }
+# evl FILE KEY: the last such value.
+evl() { tr -d '\r' <"$1" | sed -n "s/.*lab-l2: .*$2=\([^ ]*\).*/\1/p" | tail -n1; }
+# oops FILE: the first line that shows a guest kernel failure.
+oops() { tr -d '\r' <"$1" | grep -m1 -E 'BUG:|Oops|Kernel panic|general protection|WARNING:|Call Trace' | cut -c1-160; }
+md5() { md5sum "$1" | cut -d' ' -f1; }
+# l2fail FILE RC: a one-line description of why an L2 run went wrong.
+l2why() {
+    o=$(oops "$1")
+    last=$(tr -d '\r' <"$1" | grep -v '^$' | tail -n1 | cut -c1-120)
+    echo "ferry-exit=$2${o:+ guest: $o}${last:+ last-line: $last}"
+}
+
+# run_scenario NAME: run sc_NAME, print the markers run.sh reads.
+run_scenario() {
+    s=$1
+    fn="sc_$(echo "$s" | tr '-' '_')"
+    W="/tmp/sc-$s"
+    rm -rf "$W"
+    mkdir -p "$W"
+    : >"$W/pids"
+    echo "lab-l1: scenario $s start uptime=$(now)"
+    if type "$fn" >/dev/null 2>&1; then
+        (cd "$W" && "$fn") >"$W/script.log" 2>&1
+    else
+        fail "unknown scenario"
+    fi
+    for p in $(cat "$W/pids"); do kill -KILL "$p" 2>/dev/null; done
+    if [ -f "$W/result" ]; then res=$(cat "$W/result"); else res="FAIL the scenario script gave no verdict"; fi
+    echo "lab-l1: result $s $res"
+    case "$res" in
+    PASS*) ;;
+    *)
+        for f in "$W"/*.out "$W"/*.err "$W"/script.log; do
+            [ -s "$f" ] || continue
+            tr -d '\r' <"$f" | grep -v '^$' | tail -n 25 | sed "s|^|lab-l1: log $s: ${f##*/}: |"
+        done
+        ;;
+    esac
+    rm -rf "$W"
+}
+
+# --- boot --------------------------------------------------------------------------------------
+boot_test() { # boot_test CPUS EXTRA-CMDLINE
+    t0=$(now)
+    bg l2 180 ferry run --kernel "$K" --initrd "$I" --cpus "$1" --memory 256M --cmdline "lab.test=boot $2"
+    wait "$pid"
+    rc=$?
+    t=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
+    cpus=$(ev "$W/l2.out" cpus)
+    if [ "$rc" = 0 ] && [ "$cpus" = "$1" ] && grep -q 'lab-l2: exit=0' "$W/l2.out"; then
+        pass "guest cpus=$cpus ferry-exit=0 after guest reboot, ${t}s"
+    else
+        fail "cpus=${cpus:-none} (want $1) $(l2why "$W/l2.out" "$rc")"
+    fi
+}
+sc_boot_1cpu() { boot_test 1 ""; }
+sc_boot_2cpu() { boot_test 2 ""; }
+sc_boot_noapic() { boot_test 2 "noapic"; }
+
+# --- serial --------------------------------------------------------------------------------------
+sc_serial() {
+    mkfifo "$W/in"
+    timeout -s KILL 180 ferry run --kernel "$K" --initrd "$I" --serial stdio --cmdline "lab.test=serial $L2X" \
+        <"$W/in" >"$W/l2.out" 2>"$W/l2.err" &
+    pid=$!
+    echo "$pid" >>"$W/pids"
+    exec 7>"$W/in"
+    if ! waitfor "$W/l2.out" 'lab-l2: waiting for input' 120; then
+        exec 7>&-
+        wait "$pid"
+        fail "guest never asked for input: $(l2why "$W/l2.out" $?)"
+        return
+    fi
+    echo "hello-lab-4711" >&7
+    waitfor "$W/l2.out" 'lab-l2: exit=' 60
+    exec 7>&-
+    wait "$pid"
+    rc=$?
+    got=$(ev "$W/l2.out" echo)
+    if [ "$got" = "1174-BAL-OLLEH" ] && [ "$rc" = 0 ]; then
+        pass "L1 wrote hello-lab-4711 to ferry's stdin, guest echoed echo=$got; ferry-exit=0"
+    else
+        fail "echo=${got:-none} (want 1174-BAL-OLLEH) $(l2why "$W/l2.out" "$rc")"
+    fi
+}
+
+# --- reboot / poweroff -----------------------------------------------------------------------------
+sc_reboot() {
+    bg l2 180 ferry run --kernel "$K" --initrd "$I" --cmdline "lab.test=reboot $L2X"
+    wait "$pid"
+    rc=$?
+    if [ "$rc" = 0 ] && grep -q 'lab-l2: rebooting' "$W/l2.out"; then
+        pass "guest reboot -f, ferry-exit=0"
+    else
+        fail "$(l2why "$W/l2.out" "$rc")"
+    fi
+}
+sc_poweroff() {
+    bg l2 180 ferry run --kernel "$K" --initrd "$I" --cmdline "lab.test=poweroff $L2X"
+    if ! waitfor "$W/l2.out" 'lab-l2: powering off' 150; then
+        wait "$pid"
+        fail "guest never reached poweroff: $(l2why "$W/l2.out" $?)"
+        return
+    fi
+    t0=$(now)
+    i=0
+    while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid"
+        wait "$pid"
+        fail "ferry still running 60 s after the guest's poweroff -f (killed); guest last line: $(tr -d '\r' <"$W/l2.out" | grep -v '^$' | tail -n1 | cut -c1-100)"
+        return
+    fi
+    wait "$pid"
+    rc=$?
+    t=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
+    if [ "$rc" = 0 ]; then pass "guest poweroff -f, ferry-exit=0 within ${t}s"; else fail "ferry-exit=$rc after poweroff"; fi
+}
+
+# --- block --------------------------------------------------------------------------------------
+sc_blk_read() {
+    dd if=/dev/urandom of="$W/disk.img" bs=1M count=32 2>/dev/null
+    want=$(md5 "$W/disk.img")
+    bg l2 180 ferry run --kernel "$K" --initrd "$I" --disk "path=$W/disk.img" --cmdline "lab.test=blk-read lab.n=32 $L2X"
+    wait "$pid"
+    rc=$?
+    got=$(ev "$W/l2.out" md5)
+    if [ "$rc" = 0 ] && [ "$got" = "$want" ]; then
+        pass "md5 in L2 = md5 in L1 = $got (32 MiB); ferry-exit=0"
+    else
+        fail "md5 L2=${got:-none} L1=$want $(l2why "$W/l2.out" "$rc")"
+    fi
+}
+sc_blk_write() {
+    dd if=/dev/zero of="$W/disk.img" bs=1M count=16 2>/dev/null
+    want=$(yes lab-write-pattern | head -c 8388608 | md5sum | cut -d' ' -f1)
+    bg l2 180 ferry run --kernel "$K" --initrd "$I" --disk "path=$W/disk.img" --cmdline "lab.test=blk-write $L2X"
+    wait "$pid"
+    rc=$?
+    gp=$(ev "$W/l2.out" pattern-md5)
+    gr=$(ev "$W/l2.out" readback-md5)
+    file=$(dd if="$W/disk.img" bs=1M skip=1 count=8 2>/dev/null | md5sum | cut -d' ' -f1)
+    head0=$(dd if="$W/disk.img" bs=1M count=1 2>/dev/null | md5sum | cut -d' ' -f1)
+    zero=$(dd if=/dev/zero bs=1M count=1 2>/dev/null | md5sum | cut -d' ' -f1)
+    if [ "$rc" = 0 ] && [ "$file" = "$want" ] && [ "$gr" = "$want" ] && [ "$head0" = "$zero" ]; then
+        pass "guest wrote 8 MiB at 1 MiB + fsync; file in L1 after exit md5=$file = pattern; readback in L2 = same; first MiB untouched"
+    else
+        fail "file=$file want=$want guest pattern=$gp readback=${gr:-none} first-MiB-zero=$([ "$head0" = "$zero" ] && echo yes || echo no) $(l2why "$W/l2.out" "$rc")"
+    fi
+}
+sc_blk_ro() {
+    dd if=/dev/urandom of="$W/disk.img" bs=1M count=4 2>/dev/null
+    want=$(md5 "$W/disk.img")
+    bg l2 180 ferry run --kernel "$K" --initrd "$I" --disk "path=$W/disk.img,readonly=on" --cmdline "lab.test=blk-ro $L2X"
+    wait "$pid"
+    rc=$?
+    ro=$(ev "$W/l2.out" ro)
+    wrc=$(ev "$W/l2.out" 'direct-write rc')
+    after=$(md5 "$W/disk.img")
+    if [ "$rc" = 0 ] && [ "$ro" = 1 ] && [ -n "$wrc" ] && [ "$wrc" != 0 ] && [ "$after" = "$want" ]; then
+        pass "guest ro=1, O_DIRECT write refused (dd rc=$wrc), file unchanged"
+    else
+        fail "ro=${ro:-none} write-rc=${wrc:-none} file-unchanged=$([ "$after" = "$want" ] && echo yes || echo no) $(l2why "$W/l2.out" "$rc")"
+    fi
+}
+sc_blk_discard() {
+    dd if=/dev/urandom of="$W/disk.img" bs=1M count=16 2>/dev/null
+    bg l2 180 ferry run --kernel "$K" --initrd "$I" --disk "path=$W/disk.img" --cmdline "lab.test=blk-discard $L2X"
+    wait "$pid"
+    rc=$?
+    drc=$(ev "$W/l2.out" 'blkdiscard rc')
+    gz=$(ev "$W/l2.out" 'range zero')
+    dmax=$(ev "$W/l2.out" discard_max)
+    src=$(ev "$W/l2.out" 'sync rc')
+    zero=$(dd if=/dev/zero bs=1M count=4 2>/dev/null | md5sum | cut -d' ' -f1)
+    fz=$(dd if="$W/disk.img" bs=1M skip=4 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
+    blocks=$(du -k "$W/disk.img" | cut -f1)
+    if [ "$rc" = 0 ] && [ "$drc" = 0 ] && [ "$gz" = yes ] && [ "$fz" = "$zero" ] && [ "$src" = 0 ]; then
+        pass "blkdiscard 4 MiB rc=0 (discard_max_bytes=$dmax), zeros in L2 and in the L1 file (file uses ${blocks} KiB of 16384), sync rc=0"
+    else
+        fail "discard_max=${dmax:-none} blkdiscard-rc=${drc:-none} guest-zero=${gz:-none} file-zero=$([ "$fz" = "$zero" ] && echo yes || echo no) sync-rc=${src:-none} $(l2why "$W/l2.out" "$rc")"
+    fi
+}
+
+# --- network ------------------------------------------------------------------------------------
+net_test() { # net_test KIND(tap|macvtap)
+    ip netns add peer
+    ip link add va type veth peer name vb
+    ip link set vb netns peer
+    ip -n peer link set lo up
+    ip -n peer addr add 10.0.0.1/24 dev vb
+    ip -n peer link set vb up
+    ip link set va up
+    if [ "$1" = tap ]; then
+        ip link add br0 type bridge
+        ip link set br0 up
+        ip link set va master br0
+        ip tuntap add dev ltap0 mode tap multi_queue
+        ip link set ltap0 master br0
+        ip link set ltap0 up
+        nic="tap=ltap0,queues=2"
+    else
+        ip link add link va name mvt0 type macvtap mode bridge
+        ip link set mvt0 up
+        nic="macvtap=mvt0,queues=2"
+    fi
+    dd if=/dev/urandom of="$W/tx64" bs=1M count=64 2>/dev/null
+    txmd5=$(md5 "$W/tx64")
+    bg l2 400 ferry run --kernel "$K" --initrd "$I" --cpus 2 --memory 512M --net "$nic" \
+        --cmdline "lab.test=net lab.ip=10.0.0.2/24 lab.peer=10.0.0.1 $L2X"
+    l2pid=$pid
+    ip netns exec peer timeout -s KILL 300 nc -l -p 5002 >"$W/rx64" 2>"$W/ncl.err" &
+    echo $! >>"$W/pids"
+    ncl=$!
+    pin="no"
+    if waitfor "$W/l2.out" 'lab-l2: net-ready' 200; then
+        ip netns exec peer ping -c 3 -W 5 10.0.0.2 >"$W/ping.log" 2>&1 && pin="ok"
+        ip netns exec peer timeout -s KILL 200 nc 10.0.0.2 5001 <"$W/tx64" >/dev/null 2>"$W/ncs.err"
+    fi
+    wait "$l2pid"
+    rc=$?
+    wait "$ncl" 2>/dev/null
+    rxmd5=$(md5 "$W/rx64")
+    rxb=$(wc -c <"$W/rx64")
+    pout=$(grep -c 'lab-l2: ping-out ok' "$W/l2.out")
+    grx=$(ev "$W/l2.out" rx-md5)
+    gtx=$(ev "$W/l2.out" tx-md5)
+    q=$(ev "$W/l2.out" 'queues rx')
+    if [ "$rc" = 0 ] && [ "$pin" = ok ] && [ "$pout" = 1 ] && [ "$grx" = "$txmd5" ] && [ "$gtx" = "$rxmd5" ] && [ "$q" = 2 ]; then
+        pass "ping L1->L2 and L2->L1 ok; 64 MiB L1->L2 md5 match ($grx), 64 MiB L2->L1 md5 match ($gtx); guest queues rx=$q"
+    else
+        fail "ping-in=$pin ping-out=$pout L1->L2 md5 sent=$txmd5 got=${grx:-none}; L2->L1 md5 sent=${gtx:-none} got=$rxmd5 ($rxb bytes); queues=${q:-none} $(l2why "$W/l2.out" "$rc")"
+    fi
+    ip netns del peer
+    ip link del va 2>/dev/null
+    ip link del br0 2>/dev/null
+    ip link del ltap0 2>/dev/null
+    ip link del mvt0 2>/dev/null
+}
+sc_net_tap() { net_test tap; }
+sc_net_macvtap() { net_test macvtap; }
+
+# --- LVM -------------------------------------------------------------------------------------------
+sc_lvm() {
+    truncate -s 256M "$W/pv.img"
+    loop=$(losetup -f)
+    losetup "$loop" "$W/pv.img"
+    lvm pvcreate -q --config "$LVMC" "$loop" >>"$W/lvm.out" 2>&1
+    lvm vgcreate -q --config "$LVMC" labvg "$loop" >>"$W/lvm.out" 2>&1
+    lvm lvcreate -q --config "$LVMC" -y -Wn -Zn -L 64M -n lv0 labvg >>"$W/lvm.out" 2>&1
+    dev=/dev/mapper/labvg-lv0
+    if [ ! -b "$dev" ]; then
+        fail "LV not created (see lvm.out)"
+        losetup -d "$loop"
+        return
+    fi
+    bg l2 200 ferry run --kernel "$K" --initrd "$I" --disk "path=$dev,id=disk0" --api-socket "$W/api.sock" \
+        --cmdline "lab.test=resize $L2X"
+    if waitfor "$W/l2.out" 'lab-l2: size0=' 150; then
+        lvm lvextend -q --config "$LVMC" -L +64M labvg/lv0 >>"$W/lvm.out" 2>&1
+        ferry ctl --api-socket "$W/api.sock" resize-disk disk0 >"$W/ctl.out" 2>&1
+        crc=$?
+    fi
+    wait "$pid"
+    rc=$?
+    s0=$(ev "$W/l2.out" size0)
+    s1=$(ev "$W/l2.out" size1)
+    lvsize=$(blockdev --getsz "$dev" 2>/dev/null)
+    if [ "$rc" = 0 ] && [ "$s0" = 131072 ] && [ "$s1" = 262144 ]; then
+        pass "LV on loop PV: guest size $s0 -> $s1 sectors after lvextend +64M and resize-disk (ctl rc=$crc); L1 LV $lvsize sectors"
+    else
+        fail "size0=${s0:-none} size1=${s1:-none} (want 131072 -> 262144) ctl-rc=${crc:-none} LV=$lvsize $(l2why "$W/l2.out" "$rc")"
+    fi
+    lvm vgremove -q -f --config "$LVMC" labvg >/dev/null 2>&1
+    losetup -d "$loop"
+}
+
+# --- iSCSI -------------------------------------------------------------------------------------------
+tgt_start() {
+    bg "tgtd$1" 400 tgtd -f --iscsi portal=127.0.0.1:3260
+    tgtpid=$pid
+    i=0
+    until tgtadm --lld iscsi --op show --mode target >/dev/null 2>&1; do
+        sleep 0.25
+        i=$((i + 1))
+        [ "$i" -lt 80 ] || return 1
+    done
+    tgtadm --lld iscsi --op new --mode target --tid 1 -T iqn.2026-11.lab:disk0 &&
+        tgtadm --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$W/lun.img" &&
+        tgtadm --lld iscsi --op bind --mode target --tid 1 -I ALL
+}
+sc_iscsi() {
+    truncate -s 64M "$W/lun.img"
+    if ! tgt_start 1 >>"$W/tgt.out" 2>&1; then fail "tgtd did not start"; return; fi
+    bg l2 300 ferry run --kernel "$K" --initrd "$I" --disk "path=iscsi://127.0.0.1:3260/iqn.2026-11.lab:disk0/1" \
+        --cmdline "lab.test=iscsi $L2X"
+    restarted=no
+    if waitfor "$W/l2.out" 'lab-l2: chunk 4 done' 200; then
+        kill -KILL "$tgtpid"
+        wait "$tgtpid" 2>/dev/null
+        sleep 2
+        tgt_start 2 >>"$W/tgt.out" 2>&1 && restarted=yes
+        at=$(tr -d '\r' <"$W/l2.out" | grep -c 'lab-l2: chunk [0-9]* done')
+    fi
+    wait "$pid"
+    rc=$?
+    wm=$(ev "$W/l2.out" written-md5)
+    rm5=$(ev "$W/l2.out" read-md5)
+    fm=$(dd if="$W/lun.img" bs=1M count=32 2>/dev/null | md5sum | cut -d' ' -f1)
+    bad=$(grep -c 'write failed' "$W/l2.out")
+    if [ "$rc" = 0 ] && [ "$restarted" = yes ] && [ "$bad" = 0 ] && [ -n "$wm" ] && [ "$wm" = "$rm5" ] && [ "$wm" = "$fm" ]; then
+        pass "32 MiB O_DIRECT writes through ferry's initiator; tgtd killed+restarted after chunk ${at:-?}/32; guest md5 written=read=$wm = LUN file in L1"
+    else
+        fail "restarted=$restarted failed-writes=$bad written=${wm:-none} read=${rm5:-none} lun-file=$fm $(l2why "$W/l2.out" "$rc")"
+    fi
+}
+
+# --- migration and snapshot ----------------------------------------------------------------------
+stop_guest() { printf 'stop' | dd of="$1" bs=512 seek=1 conv=notrunc 2>/dev/null; }
+mig_test() { # mig_test URL
+    dd if=/dev/zero of="$W/disk.img" bs=1M count=4 2>/dev/null
+    bg dst 300 ferry receive --listen "$1" --api-socket "$W/dst.sock"
+    dpid=$pid
+    bg src 300 ferry run --kernel "$K" --initrd "$I" --disk "path=$W/disk.img,id=disk0" --api-socket "$W/src.sock" \
+        --cmdline "lab.test=counter $L2X"
+    spid=$pid
+    if ! waitfor "$W/src.out" 'lab-l2: count=3' 150; then
+        fail "source guest never counted to 3: $(l2why "$W/src.out" -)"
+        return
+    fi
+    ferry ctl --api-socket "$W/src.sock" migrate --to "$1" >"$W/migrate.out" 2>&1
+    mrc=$?
+    wait "$spid"
+    src_rc=$?
+    c=$(evl "$W/src.out" count)
+    next=$((${c:-0} + 2))
+    if waitfor "$W/dst.out" "lab-l2: count=$next\\b" 60; then cont=yes; else cont=no; fi
+    first=$(ev "$W/dst.out" count)
+    stop_guest "$W/disk.img"
+    wait "$dpid"
+    drc=$?
+    last=$(evl "$W/dst.out" count)
+    disk=$(head -c 14 "$W/disk.img" | sed -n 's/count=0*//p')
+    if [ "$mrc" = 0 ] && [ "$src_rc" = 0 ] && [ "$cont" = yes ] && [ "$drc" = 0 ] && [ "$first" = $((c + 1)) ] && [ "$disk" = "$last" ]; then
+        pass "migrate rc=0; source exit 0 at count=$c; destination continued count=$first..$last, exit 0; disk sector 0 count=$disk"
+    else
+        fail "migrate-rc=$mrc source-exit=$src_rc src-last=${c:-none} dst-first=${first:-none} dst-last=${last:-none} dst-exit=$drc disk=${disk:-none} migrate: $(tail -n1 "$W/migrate.out" | cut -c1-120) $(l2why "$W/dst.out" "$drc")"
+    fi
+}
+sc_migrate_unix() { mig_test "unix:$W/mig.sock"; }
+sc_migrate_tcp() { mig_test "tcp:127.0.0.1:7777"; }
+
+sc_snapshot() {
+    dd if=/dev/zero of="$W/disk.img" bs=1M count=4 2>/dev/null
+    bg a 300 ferry run --kernel "$K" --initrd "$I" --disk "path=$W/disk.img,id=disk0" --api-socket "$W/a.sock" \
+        --cmdline "lab.test=counter $L2X"
+    apid=$pid
+    if ! waitfor "$W/a.out" 'lab-l2: count=3' 150; then
+        fail "guest never counted to 3: $(l2why "$W/a.out" -)"
+        return
+    fi
+    ferry ctl --api-socket "$W/a.sock" snapshot --to "$W/snap" --keep-paused >"$W/snap.out" 2>&1
+    src=$?
+    c=$(evl "$W/a.out" count)
+    kill -KILL "$apid"
+    wait "$apid" 2>/dev/null
+    sz=$(du -sk "$W/snap" 2>/dev/null | cut -f1)
+    bg b 300 ferry run --restore "$W/snap"
+    bpid=$pid
+    next=$((${c:-0} + 2))
+    if waitfor "$W/b.out" "lab-l2: count=$next\\b" 60; then cont=yes; else cont=no; fi
+    stop_guest "$W/disk.img"
+    wait "$bpid"
+    brc=$?
+    first=$(ev "$W/b.out" count)
+    last=$(evl "$W/b.out" count)
+    if [ "$src" = 0 ] && [ "$cont" = yes ] && [ "$brc" = 0 ] && [ "$first" = $((c + 1)) ]; then
+        pass "snapshot rc=0 at count=$c (${sz} KiB), source killed; restored guest continued count=$first..$last, exit 0"
+    else
+        fail "snapshot-rc=$src count-at-snapshot=${c:-none} restored-first=${first:-none} last=${last:-none} restore-exit=$brc snapshot: $(tail -n1 "$W/snap.out" | cut -c1-100) $(l2why "$W/b.out" "$brc")"
+    fi
+}
+
+# --- Firecracker getting-started over the API ------------------------------------------------------
+api_put() { # api_put SOCK PATH JSON -> prints the HTTP status
+    curl -sS -o "$W/api-body" -w '%{http_code}' --unix-socket "$1" -X PUT "http://localhost$2" \
+        -H 'Accept: application/json' -H 'Content-Type: application/json' -d "$3"
+}
+sc_api_getting_started() {
+    cp /lab/rootfs.ext4 "$W/rootfs.ext4"
+    bg l2 200 ferry run --api-socket "$W/fc.sock"
+    i=0
+    while [ ! -S "$W/fc.sock" ] && [ "$i" -lt 40 ]; do sleep 0.25; i=$((i + 1)); done
+    codes=""
+    for req in \
+        "/boot-source|{\"kernel_image_path\": \"$K\", \"boot_args\": \"console=ttyS0 reboot=k panic=1 pci=off lab.test=rootfs $L2X\"}" \
+        "/machine-config|{\"vcpu_count\": 2, \"mem_size_mib\": 256}" \
+        "/drives/rootfs|{\"drive_id\": \"rootfs\", \"path_on_host\": \"$W/rootfs.ext4\", \"is_root_device\": true, \"is_read_only\": false}" \
+        "/actions|{\"action_type\": \"InstanceStart\"}"; do
+        code=$(api_put "$W/fc.sock" "${req%%|*}" "${req#*|}")
+        codes="$codes ${req%%|*}=$code"
+        [ "$code" = 204 ] || codes="$codes($(cut -c1-100 "$W/api-body"))"
+    done
+    wait "$pid"
+    rc=$?
+    line=$(tr -d '\r' <"$W/l2.out" | sed -n 's/.*lab-l2: rootfs-init ok root=\([^ ]* [^ ]*\).*/\1/p' | head -n1)
+    case "$line" in
+    "/dev/root ext4" | "/dev/vda ext4") ok=yes ;;
+    *) ok=no ;;
+    esac
+    if [ "$rc" = 0 ] && [ "$ok" = yes ]; then
+        pass "API:$codes; guest /sbin/init ran from the ext4 root ($line), ferry-exit=0"
+    else
+        panic=$(tr -d '\r' <"$W/l2.out" | grep -m1 -E 'VFS:|Kernel panic' | cut -c1-140)
+        fail "API:$codes root=${line:-none} ${panic:+guest: $panic} ferry-exit=$rc"
+    fi
+}
+
+# --- Debian's stock kernel -------------------------------------------------------------------------
+sc_stock_kernel() {
+    dd if=/dev/zero of="$W/disk.img" bs=1M count=4 2>/dev/null
+    bg l2 300 ferry run --kernel /lab/vmlinuz-stock --boot linux --initrd "$I" --memory 512M \
+        --disk "path=$W/disk.img" --cmdline "lab.test=stock $L2X"
+    wait "$pid"
+    rc=$?
+    vda=$(ev "$W/l2.out" vda)
+    devs=$(ev "$W/l2.out" devices)
+    why=$(tr -d '\r' <"$W/l2.out" | grep -m1 -E "unknown parameter 'device'" | sed 's/.*lab-l2: modprobe: //' | cut -c1-120)
+    if [ "$rc" = 0 ] && [ "$vda" = yes ]; then
+        pass "stock $(ev "$W/l2.out" kernel) bzImage booted (--boot linux), virtio devices=$devs, /dev/vda present"
+    elif grep -q 'lab-l2: init' "$W/l2.out"; then
+        fail "stock kernel booted to init but virtio devices=${devs:-?} vda=${vda:-?}: ${why:-no reason in the guest log}"
+    else
+        fail "stock kernel did not reach init: $(l2why "$W/l2.out" "$rc")"
+    fi
+}
+
+# --- boot time, ferry vs QEMU microvm in the same L1 ----------------------------------------------
+# time_boot NAME CMD...: seconds from start to the guest's `lab-l2: init` line.
+time_boot() {
+    n=$1
+    shift
+    t0=$(now)
+    bg "$n" 180 "$@"
+    p=$pid
+    if waitfor "$W/$n.out" 'lab-l2: init' 170; then
+        awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'
+    fi
+    i=0
+    while kill -0 "$p" 2>/dev/null && [ "$i" -lt 120 ]; do sleep 0.25; i=$((i + 1)); done
+    kill -KILL "$p" 2>/dev/null
+    wait "$p" 2>/dev/null
+}
+sc_boot_time() {
+    tf=$(time_boot ferry ferry run --kernel "$K" --initrd "$I" --cmdline "lab.test=boot $L2X")
+    tq=$(time_boot qemu qemu-system-x86_64 -M microvm,acpi=off -accel kvm -cpu host -m 256M -smp 1 \
+        -nodefaults -no-user-config -nographic -serial stdio -no-reboot -L /usr/share/qemu \
+        -kernel "$K" -initrd "$I" -append "console=ttyS0 reboot=k panic=1 lab.test=boot $L2X")
+    if [ -n "$tf" ] && [ -n "$tq" ]; then
+        pass "start -> L2 init: ferry ${tf}s, qemu microvm ${tq}s, ratio ferry/qemu $(awk -v a="$tf" -v b="$tq" 'BEGIN { printf "%.2f", a / b }')"
+    else
+        fail "ferry=${tf:-no init line} qemu=${tq:-no init line} qemu: $(tr -d '\r' <"$W/qemu.err" | tail -n1 | cut -c1-100)"
+    fi
+}
