@@ -16,6 +16,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "build/target_setup.rs"]
+mod target_setup;
+
 const KERNEL_TARGET: &str = "x86_64-unknown-none";
 
 fn main() {
@@ -44,6 +47,8 @@ fn main() {
     if env::var_os("FERRY_PROBE_SKIP_KERNEL").is_some() {
         return;
     }
+
+    ensure_kernel_target();
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     // OUT_DIR is <target>/<profile>/build/<pkg-hash>/out (or <target>/<triple>/<profile>/...).
@@ -106,6 +111,36 @@ fn main() {
     fs::copy(&built, &tmp)
         .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", built.display(), tmp.display()));
     fs::rename(&tmp, &dest).unwrap_or_else(|e| panic!("rename to {}: {e}", dest.display()));
+}
+
+/// Adds `x86_64-unknown-none` to the toolchain building us when it is missing (rustup ignores
+/// `rust-toolchain.toml`'s target list for a toolchain that is already installed). When that is
+/// impossible, stops with one line that says what to run.
+fn ensure_kernel_target() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = match Command::new(&rustc).args(["--print", "sysroot"]).output() {
+        Ok(out) if out.status.success() => {
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        }
+        // Without a sysroot we cannot tell; the nested build reports any real problem.
+        _ => return,
+    };
+    let Some(command) = target_setup::install_command(&sysroot, KERNEL_TARGET) else {
+        return;
+    };
+    let shown = command.join(" ");
+    println!("cargo:warning=the probe guest needs the {KERNEL_TARGET} target; running `{shown}`");
+    let added = Command::new(&command[0])
+        .args(&command[1..])
+        // rustup's proxy variables from the outer cargo would pin the wrong toolchain otherwise.
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .status()
+        .map(|status| status.success())
+        .unwrap_or(false);
+    if !added || !target_setup::target_installed(&sysroot, KERNEL_TARGET) {
+        eprintln!("error: the probe guest needs the {KERNEL_TARGET} target and adding it failed; run: {shown}");
+        std::process::exit(1);
+    }
 }
 
 /// The directory that holds `<profile>/`: either `target/` itself or `target/<triple>/` when the
