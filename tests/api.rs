@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{ctl, probe_bin, wait_for_socket, FerryProcess, TempDir};
 use serde_json::{json, Value};
 
-const DEADLINE: Duration = Duration::from_secs(60);
+const DEADLINE: Duration = Duration::from_secs(120);
 
 /// One HTTP/1.1 request over the socket with a JSON body; returns (status, body).
 fn http(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {

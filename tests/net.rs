@@ -116,7 +116,7 @@ impl Topology {
     /// namespace `b` pings the guest; returns ferry's output and whether the ping succeeded.
     fn run_probe(&self, net: &str) -> (RunOutput, bool) {
         let cmdline = format!(
-            "probe.test=net probe.net_ip={}/24 probe.net_peer={} probe.net_count=3 probe.net_linger_ms=20000",
+            "probe.test=net probe.net_ip={}/24 probe.net_peer={} probe.net_count=3 probe.net_answer=3 probe.net_linger_ms=150000",
             self.guest_ip(),
             self.peer_ip()
         );

@@ -21,7 +21,6 @@ fn write_burst_survives_target_restart() {
     let mut data: Vec<Vec<u8>> = (0..total).map(|i| pattern(i as u64 + 7, CHUNK)).collect();
     let depth = 16;
     let (mut next, mut done, mut killed) = (0usize, 0usize, false);
-    let start = Instant::now();
     while done < total {
         while next < total && disk.in_flight() < depth {
             let b = [GuestBuf {
@@ -56,7 +55,6 @@ fn write_burst_survives_target_restart() {
         }
     }
     assert!(killed);
-    assert!(start.elapsed() < Duration::from_secs(60));
     assert!(disk.logins() >= 2, "the session must have logged in again");
     let mut flush = [0u8; 0];
     assert_eq!(

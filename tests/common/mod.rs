@@ -201,18 +201,23 @@ impl FerryProcess {
 
     /// Waits until stdout contains `text`.
     pub fn wait_for_output(&mut self, text: &str, deadline: Duration) {
+        self.wait_for_occurrences(text, 1, deadline);
+    }
+
+    /// Waits until stdout contains `text` at least `count` times.
+    pub fn wait_for_occurrences(&mut self, text: &str, count: usize, deadline: Duration) {
         let start = Instant::now();
-        while !self.stdout().contains(text) {
+        while self.stdout().matches(text).count() < count {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
-                    "ferry exited ({status}) before printing {text:?}\n--- stdout\n{}\n--- stderr\n{}",
+                    "ferry exited ({status}) before printing {text:?} {count}×\n--- stdout\n{}\n--- stderr\n{}",
                     self.stdout(),
                     self.stderr()
                 );
             }
             assert!(
                 start.elapsed() < deadline,
-                "no {text:?} within {deadline:?}\n--- stdout\n{}\n--- stderr\n{}",
+                "no {text:?} {count}× within {deadline:?}\n--- stdout\n{}\n--- stderr\n{}",
                 self.stdout(),
                 self.stderr()
             );
@@ -316,4 +321,55 @@ pub fn http(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The probe's line after its first disk round (`probe.blk_rounds`) read back what it wrote.
+pub const ROUND_VERIFIED_1: &str = "probe: blk: round 1 verified";
+/// The end of every such line, to count them.
+pub const ROUND_VERIFIED: &str = " verified\n";
+
+/// Stops a guest running the probe's endless disk rounds (`probe.blk_write=SEED
+/// probe.blk_rounds=0`) with `ferry ctl snapshot --keep-paused` into `dir/paused` (virtio-blk
+/// quiesces and flushes first), reads the round counter from the snapshot's memory, and checks
+/// that every sector `read_disk` returns carries the pattern of the last verified round or of the
+/// round in progress: an acknowledged write that was lost leaves an older pattern. Returns the
+/// number of verified rounds.
+pub fn assert_disk_holds_blk_rounds(
+    socket: &Path,
+    dir: &Path,
+    seed: u64,
+    read_disk: impl Fn() -> Vec<u8>,
+) -> u64 {
+    use ferry_probe::{pattern::first_mismatch, BLK_ROUNDS_MAGIC, BLK_STATUS_GPA};
+    let snap = dir.join("paused");
+    let out = ctl(
+        socket,
+        &["snapshot", "--to", snap.to_str().unwrap(), "--keep-paused"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "snapshot: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    let memory = snap.join("memory");
+    assert_eq!(read_u64_at(&memory, BLK_STATUS_GPA + 8), BLK_ROUNDS_MAGIC);
+    assert_eq!(read_u64_at(&memory, BLK_STATUS_GPA + 16), seed);
+    let verified = read_u64_at(&memory, BLK_STATUS_GPA);
+    assert!(verified >= 1, "no disk round verified");
+    let last = seed + verified - 1;
+    let disk = read_disk();
+    for (sector, data) in disk.chunks(512).enumerate() {
+        let offset = (sector * 512) as u64;
+        let holds = |s: u64| first_mismatch(s, offset, data).is_none();
+        assert!(
+            holds(last) || holds(last + 1),
+            "sector {sector} holds neither round {verified}'s pattern (seed {last}) nor the next \
+             round's: acknowledged writes lost ({:02x?})",
+            &data[..16.min(data.len())]
+        );
+    }
+    verified
 }

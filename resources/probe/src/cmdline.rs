@@ -179,6 +179,9 @@ pub struct ProbeConfig {
     pub blk_kib: u64,
     /// `probe.blk_write=SEED`: write the [`crate::pattern`] first.
     pub blk_write: Option<u64>,
+    /// `probe.blk_rounds=N` (default 1; 0 = until the VM ends): write/flush/read-back rounds of
+    /// the write mode, round `r` (from 1) with seed `SEED + r - 1`. See [`crate::BLK_STATUS_GPA`].
+    pub blk_rounds: u64,
     /// `probe.net_ip=A.B.C.D/NN`.
     pub net_ip: Option<([u8; 4], u8)>,
     /// `probe.net_peer=E.F.G.H`.
@@ -187,6 +190,9 @@ pub struct ProbeConfig {
     pub net_count: u32,
     /// `probe.net_linger_ms=MS` (default 3000): how long to keep answering after the pings.
     pub net_linger_ms: u64,
+    /// `probe.net_answer=N`: linger until N echo requests were answered (the linger time bounds
+    /// the wait; fewer answers is a FAIL).
+    pub net_answer: Option<u32>,
     /// `probe.tsc_khz=KHZ`: TSC frequency override.
     pub tsc_khz: Option<u64>,
     /// `virtio_mmio.device=` entries, in command-line order.
@@ -208,10 +214,12 @@ impl Default for ProbeConfig {
             dirty_rate_mib: None,
             blk_kib: 256,
             blk_write: None,
+            blk_rounds: 1,
             net_ip: None,
             net_peer: None,
             net_count: 5,
             net_linger_ms: 3000,
+            net_answer: None,
             tsc_khz: None,
             virtio: [VirtioMmioDev::default(); MAX_VIRTIO],
             virtio_count: 0,
@@ -248,6 +256,7 @@ impl ProbeConfig {
                     .map(|k| cfg.blk_kib = k)
                     .is_some(),
                 b"blk_write" => set(&mut cfg.blk_write, parse_u64(value)),
+                b"blk_rounds" => parse_u64(value).map(|v| cfg.blk_rounds = v).is_some(),
                 b"net_ip" => set(&mut cfg.net_ip, parse_ipv4_cidr(value)),
                 b"net_peer" => set(&mut cfg.net_peer, parse_ipv4(value)),
                 b"net_count" => parse_u64(value)
@@ -255,6 +264,10 @@ impl ProbeConfig {
                     .map(|v| cfg.net_count = v)
                     .is_some(),
                 b"net_linger_ms" => parse_u64(value).map(|v| cfg.net_linger_ms = v).is_some(),
+                b"net_answer" => set(
+                    &mut cfg.net_answer,
+                    parse_u64(value).and_then(|v| u32::try_from(v).ok()),
+                ),
                 b"tsc_khz" => set(&mut cfg.tsc_khz, parse_u64(value).filter(|&v| v > 0)),
                 _ => false,
             };
@@ -364,13 +377,19 @@ mod tests {
         assert_eq!(cfg.tests().len(), 1);
         assert_eq!(cfg.tests()[0].as_bytes(), b"boot");
         assert_eq!(
-            (cfg.blk_kib, cfg.net_count, cfg.net_linger_ms, cfg.errors),
-            (256, 5, 3000, 0)
+            (
+                cfg.blk_kib,
+                cfg.blk_rounds,
+                cfg.net_count,
+                cfg.net_linger_ms,
+                cfg.errors
+            ),
+            (256, 1, 5, 3000, 0)
         );
 
         let line = b"probe.test=boot,serial,,blk probe.dirty_mib=128 probe.dirty_rate_mib=64 \
-            probe.blk_kib=512 probe.blk_write=0x1234 probe.net_ip=10.0.2.15/24 \
-            probe.net_peer=10.0.2.2 probe.net_count=3 probe.net_linger_ms=100 probe.tsc_khz=2500000 \
+            probe.blk_kib=512 probe.blk_write=0x1234 probe.blk_rounds=0 probe.net_ip=10.0.2.15/24 \
+            probe.net_peer=10.0.2.2 probe.net_count=3 probe.net_linger_ms=100 probe.net_answer=4 probe.tsc_khz=2500000 \
             virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6";
         let cfg = ProbeConfig::parse(&Cmdline::new(line));
         let names: [&[u8]; 3] = [b"boot", b"serial", b"blk"];
@@ -382,11 +401,17 @@ mod tests {
         assert_eq!(cfg.dirty_rate_mib, Some(64));
         assert_eq!(cfg.blk_kib, 512);
         assert_eq!(cfg.blk_write, Some(0x1234));
+        assert_eq!(cfg.blk_rounds, 0);
         assert_eq!(cfg.net_ip, Some(([10, 0, 2, 15], 24)));
         assert_eq!(cfg.net_peer, Some([10, 0, 2, 2]));
         assert_eq!(
-            (cfg.net_count, cfg.net_linger_ms, cfg.tsc_khz),
-            (3, 100, Some(2_500_000))
+            (
+                cfg.net_count,
+                cfg.net_linger_ms,
+                cfg.net_answer,
+                cfg.tsc_khz
+            ),
+            (3, 100, Some(4), Some(2_500_000))
         );
         assert_eq!(cfg.virtio().len(), 2);
         assert_eq!(cfg.virtio()[1].addr, 0xd000_1000);
@@ -396,9 +421,11 @@ mod tests {
     #[test]
     fn config_counts_errors() {
         let cfg = ProbeConfig::parse(&Cmdline::new(
-            b"probe.dirty_mib=x probe.bogus=1 probe.blk_kib=0 virtio_mmio.device=junk root=/dev/vda",
+            b"probe.dirty_mib=x probe.bogus=1 probe.blk_kib=0 virtio_mmio.device=junk root=/dev/vda \
+              probe.blk_rounds=-1",
         ));
-        assert_eq!(cfg.errors, 4);
+        assert_eq!(cfg.errors, 5);
+        assert_eq!(cfg.blk_rounds, 1);
         assert_eq!(cfg.dirty_mib, None);
         assert_eq!(cfg.blk_kib, 256);
     }

@@ -39,6 +39,20 @@ pub const DIRTY_COUNTER_GPA: u64 = DIRTY_REGION_GPA - 0x1000;
 /// Value at `DIRTY_COUNTER_GPA + 8` while the dirty test runs ("DIRTYPRB" in little endian).
 pub const DIRTY_MAGIC: u64 = u64::from_le_bytes(*b"DIRTYPRB");
 
+/// Guest-physical address of the `blk` test's round status page, the 4 KiB page below the dirty
+/// status page, written when `probe.blk_rounds` is not 1. Layout (all u64, little endian):
+/// - `+0`: rounds whose read-back verified (round `r`, from 1, wrote seed `SEED + r - 1`); while
+///   it reads `C`, every written sector holds the pattern of seed `SEED + C - 1` (none when `C` is
+///   0: the disk's previous contents) or, where round `C + 1` got to it, `SEED + C`;
+/// - `+8`: [`BLK_ROUNDS_MAGIC`] once the first round started;
+/// - `+16`: `SEED`.
+///
+/// Host tests pause the VM, read this page from a snapshot and check the disk against it.
+pub const BLK_STATUS_GPA: u64 = DIRTY_COUNTER_GPA - 0x1000;
+
+/// Value at `BLK_STATUS_GPA + 8` while blk rounds run ("BLKROUND" in little endian).
+pub const BLK_ROUNDS_MAGIC: u64 = u64::from_le_bytes(*b"BLKROUND");
+
 /// Guest-physical page where the AP start-up trampoline is copied (SIPI vector 0x03). It is
 /// below 1 MiB as real mode requires; boot information there has been copied out by then.
 pub const AP_TRAMPOLINE_GPA: u64 = 0x3000;

@@ -164,7 +164,7 @@ fn net_pings_slirp_gateway() {
     let cmd = "probe.test=net probe.net_ip=10.0.2.15/24 probe.net_peer=10.0.2.2 probe.net_count=3 probe.net_linger_ms=10";
     let (text, code) = qemu("microvm,acpi=off", &args, cmd);
     assert!(
-        text.contains("probe: net: PASS sent=3 received=3 mac=52:54:00:ab:cd:ef\n"),
+        text.contains("probe: net: PASS sent=3 received=3 answered=0 mac=52:54:00:ab:cd:ef\n"),
         "{text}"
     );
     assert_eq!(code, 0, "{text}");

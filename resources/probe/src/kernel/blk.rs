@@ -2,6 +2,10 @@
 //! VERSION_1 (+RO, BLK_SIZE, FLUSH), read the capacity, optionally write the
 //! [`ferry_probe::pattern`] over the first `probe.blk_kib` KiB (`probe.blk_write=SEED`), flush,
 //! read the range back (verifying the pattern when written) and report its CRC-32.
+//! `probe.blk_rounds=N` repeats the write mode N times (0: until the VM ends) with the seed
+//! advancing by one a round, prints `probe: blk: round R verified` after each and keeps the count
+//! in the status page at [`ferry_probe::BLK_STATUS_GPA`], so a harness can migrate or snapshot the
+//! guest while its disk I/O is certainly in progress and check the disk against the count.
 //!
 //! Requests are 64 KiB, four in flight per notification; pattern generation, verification and
 //! the CRC run in ring 3, so ring 0 only builds descriptors and polls the used ring.
@@ -13,6 +17,7 @@ use ferry_probe::cmdline::ProbeConfig;
 use ferry_probe::crc32::Crc32;
 use ferry_probe::fmt::LineBuf;
 use ferry_probe::virtq::{VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE};
+use ferry_probe::{BLK_ROUNDS_MAGIC, BLK_STATUS_GPA};
 
 const F_RO: u64 = 1 << 5;
 const F_BLK_SIZE: u64 = 1 << 6;
@@ -70,7 +75,8 @@ pub fn run(st: &State) {
         };
         let mut l = LineBuf::new();
         l.str("dev=").dec(ordinal);
-        match test_device(&d, &st.cfg, &mut l) {
+        let status_page = st.boot.is_ram(BLK_STATUS_GPA, 4096);
+        match test_device(&d, &st.cfg, status_page, &mut l) {
             Ok(()) => super::pass(&l),
             Err(reason) => {
                 l.byte(b' ').str(reason);
@@ -85,7 +91,12 @@ pub fn run(st: &State) {
     }
 }
 
-fn test_device(d: &Device, cfg: &ProbeConfig, l: &mut LineBuf) -> Result<(), &'static str> {
+fn test_device(
+    d: &Device,
+    cfg: &ProbeConfig,
+    status_page: bool,
+    l: &mut LineBuf,
+) -> Result<(), &'static str> {
     let feats = d.negotiate(F_RO | F_BLK_SIZE | F_FLUSH)?;
     let sectors = u64::from(d.read(super::virtio::CONFIG))
         | u64::from(d.read(super::virtio::CONFIG + 4)) << 32;
@@ -94,9 +105,69 @@ fn test_device(d: &Device, cfg: &ProbeConfig, l: &mut LineBuf) -> Result<(), &'s
     d.driver_ok();
     let ro = feats & F_RO != 0;
     let total = (cfg.blk_kib.saturating_mul(1024)).min(sectors.saturating_mul(512));
+    let rounds = match cfg.blk_write {
+        Some(_) => cfg.blk_rounds,
+        None => 1,
+    };
+    let report_rounds = rounds != 1;
+    if report_rounds && !status_page {
+        return Err("round status page not in RAM");
+    }
+    let status = BLK_STATUS_GPA as *mut u64;
+    let mut round = 1u64;
+    loop {
+        let seed = cfg.blk_write.map(|s| s.wrapping_add(round - 1));
+        if report_rounds && round == 1 {
+            // SAFETY: the page was checked to be RAM; nothing else uses it.
+            unsafe {
+                status.write_volatile(0);
+                status.add(2).write_volatile(seed.unwrap_or(0));
+                status.add(1).write_volatile(BLK_ROUNDS_MAGIC);
+            }
+        }
+        let crc = one_round(&mut q, feats, ro, total, seed, l)?;
+        // A read-only disk refuses the first write: one round says all there is to say.
+        if round == rounds || crc.rejected {
+            l.str(" sectors=")
+                .dec(sectors)
+                .str(" crc32=")
+                .hex_fixed(u64::from(crc.crc), 8);
+            l.str(" ro=").dec(u64::from(ro));
+            if crc.rejected {
+                l.str(" rejected_write=1");
+            }
+            return Ok(());
+        }
+        if report_rounds {
+            // SAFETY: as above. Written only after the round's read-back verified.
+            unsafe { status.write_volatile(round) };
+            let mut line = super::line_for(b"blk");
+            line.str("round ").dec(round).str(" verified");
+            super::say(&line);
+        }
+        round += 1;
+    }
+}
+
+/// What one round found: the CRC-32 of the range read back, and whether a write was refused.
+struct RoundResult {
+    crc: u32,
+    rejected: bool,
+}
+
+/// Writes the pattern of `seed` (when given) over `total` bytes, flushes, reads the range back,
+/// verifies it and returns its CRC-32.
+fn one_round(
+    q: &mut Queue,
+    feats: u64,
+    ro: bool,
+    total: u64,
+    seed: Option<u64>,
+    l: &mut LineBuf,
+) -> Result<RoundResult, &'static str> {
     let mut rejected = false;
     let mut wrote = None;
-    if let Some(seed) = cfg.blk_write {
+    if let Some(seed) = seed {
         let mut off = 0;
         while off < total {
             let len = (total - off).min(CHUNK as u64) as usize;
@@ -107,7 +178,7 @@ fn test_device(d: &Device, cfg: &ProbeConfig, l: &mut LineBuf) -> Result<(), &'s
                 mismatch: 0,
             };
             user::call_with(fill, &mut f);
-            match transfer(&mut q, T_OUT, off, len)? {
+            match transfer(q, T_OUT, off, len)? {
                 S_OK if ro => return Err("write to read-only disk succeeded"),
                 S_OK => {}
                 S_IOERR if ro => {
@@ -119,7 +190,7 @@ fn test_device(d: &Device, cfg: &ProbeConfig, l: &mut LineBuf) -> Result<(), &'s
             off += len as u64;
         }
         if !rejected {
-            if feats & F_FLUSH != 0 && flush(&mut q)? != S_OK {
+            if feats & F_FLUSH != 0 && flush(q)? != S_OK {
                 return Err("flush failed");
             }
             wrote = Some(seed);
@@ -133,7 +204,7 @@ fn test_device(d: &Device, cfg: &ProbeConfig, l: &mut LineBuf) -> Result<(), &'s
     let mut off = 0;
     while off < total {
         let len = (total - off).min(CHUNK as u64) as usize;
-        if transfer(&mut q, T_IN, off, len)? != S_OK {
+        if transfer(q, T_IN, off, len)? != S_OK {
             return Err("read failed");
         }
         // SAFETY: the device finished writing the buffer (its requests completed).
@@ -155,15 +226,10 @@ fn test_device(d: &Device, cfg: &ProbeConfig, l: &mut LineBuf) -> Result<(), &'s
         }
         off += len as u64;
     }
-    l.str(" sectors=")
-        .dec(sectors)
-        .str(" crc32=")
-        .hex_fixed(u64::from(crc.crc.finish()), 8);
-    l.str(" ro=").dec(u64::from(ro));
-    if rejected {
-        l.str(" rejected_write=1");
-    }
-    Ok(())
+    Ok(RoundResult {
+        crc: crc.crc.finish(),
+        rejected,
+    })
 }
 
 /// Waits for `n` completions on `q`.

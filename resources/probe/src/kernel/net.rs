@@ -1,7 +1,9 @@
 //! `net`: drives the first virtio-net device (VERSION_1 + MAC, 12-byte virtio_net_hdr, polled):
 //! resolves `probe.net_peer` with ARP, sends `probe.net_count` ICMP echo requests, counts the
 //! replies, and answers ARP and ICMP echo requests for `probe.net_ip` throughout and for
-//! `probe.net_linger_ms` afterwards.
+//! `probe.net_linger_ms` afterwards — or, with `probe.net_answer=N`, until it has answered N echo
+//! requests (the linger time then only bounds the wait), so a harness pinging the guest never
+//! races the guest's clock.
 
 use super::virtio::{Device, Queue, QueueMem, CONFIG};
 use super::{tsc, Global, State};
@@ -58,6 +60,8 @@ struct Nic {
     peer_mac: Option<[u8; 6]>,
     count: u32,
     received: u32,
+    /// Echo requests answered.
+    answered: u32,
     seen: [u64; 4],
 }
 
@@ -79,7 +83,7 @@ pub fn run(st: &State) {
     let d = dev.0;
     let result = setup(&d, ip, peer_ip, cfg.net_count).map(|mut nic| {
         let sent = nic.exchange(cfg.net_count);
-        nic.linger(cfg.net_linger_ms);
+        nic.linger(cfg.net_linger_ms, cfg.net_answer);
         (nic, sent)
     });
     d.reset();
@@ -89,9 +93,12 @@ pub fn run(st: &State) {
             l.str("sent=")
                 .dec(u64::from(sent))
                 .str(" received=")
-                .dec(u64::from(nic.received));
+                .dec(u64::from(nic.received))
+                .str(" answered=")
+                .dec(u64::from(nic.answered));
             l.str(" mac=").mac(&nic.mac);
-            if sent == cfg.net_count && nic.received == sent {
+            let answered_enough = cfg.net_answer.is_none_or(|want| nic.answered >= want);
+            if sent == cfg.net_count && nic.received == sent && answered_enough {
                 super::pass(&l);
             } else {
                 super::fail(&l);
@@ -143,6 +150,7 @@ fn setup(d: &Device, ip: [u8; 4], peer_ip: [u8; 4], count: u32) -> Result<Nic, &
         peer_mac: None,
         count,
         received: 0,
+        answered: 0,
         seen: [0; 4],
     })
 }
@@ -220,6 +228,7 @@ impl Nic {
                     dst_ip: src_ip,
                 };
                 self.send(|b| net::build_icmp_echo(b, &a, net::ICMP_ECHO_REPLY, id, seq, payload));
+                self.answered = self.answered.saturating_add(1);
             }
             Packet::IcmpEcho {
                 kind: net::ICMP_ECHO_REPLY,
@@ -280,8 +289,12 @@ impl Nic {
         Some(count)
     }
 
-    /// Keeps answering ARP and echo requests for `ms` milliseconds.
-    fn linger(&mut self, ms: u64) {
-        self.poll_for(ms, |_| false);
+    /// Keeps answering ARP and echo requests for `ms` milliseconds, or until `answers` echo
+    /// requests were answered in all when that is given.
+    fn linger(&mut self, ms: u64, answers: Option<u32>) {
+        match answers {
+            Some(want) => self.poll_for(ms, |n| n.answered >= want),
+            None => self.poll_for(ms, |_| false),
+        };
     }
 }
