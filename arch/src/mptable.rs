@@ -58,14 +58,21 @@ pub fn build(addr: u64, cpus: u8) -> Result<Vec<u8>, MpTableError> {
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
     count += 1;
-    // ISA IRQ i is wired to IOAPIC pin i; pin 0 carries the 8259's ExtINT.
+    // ISA IRQ i is wired to IOAPIC pin i, IRQ 0 (the PIT) included: that is KVM's default GSI
+    // routing, and Linux's timer check needs a route for IRQ 0 through the IOAPIC (declaring
+    // pin 0 as the 8259's ExtINT left it with none and oopsed at boot unless `noapic`). The
+    // 8259 reaches the BSP through LINT0 below, as on Firecracker and real boards.
     for pin in 0..IOAPIC_PINS as u8 {
-        let kind = if pin == 0 {
-            INT_TYPE_EXTINT
-        } else {
-            INT_TYPE_INT
-        };
-        entries.extend_from_slice(&[ENTRY_IOINT, kind, 0, 0, ISA_BUS_ID, pin, ioapic_id, pin]);
+        entries.extend_from_slice(&[
+            ENTRY_IOINT,
+            INT_TYPE_INT,
+            0,
+            0,
+            ISA_BUS_ID,
+            pin,
+            ioapic_id,
+            pin,
+        ]);
         count += 1;
     }
     // LINT0 takes ExtINT on the BSP, LINT1 takes NMI on every CPU (0xff).
@@ -150,6 +157,37 @@ mod tests {
         assert_eq!(
             u32::from_le_bytes(ioapic[4..8].try_into().unwrap()),
             0xfec0_0000
+        );
+    }
+
+    #[test]
+    fn every_isa_irq_routes_to_its_own_ioapic_pin_as_an_ordinary_interrupt() {
+        let cpus = 2u8;
+        let image = build(0x9fc00, cpus).unwrap();
+        let table = &image[16..];
+        // After the CPUs (20 bytes each), the bus (8) and the IOAPIC (8) come the IO interrupts.
+        let first = HEADER_LEN + 20 * usize::from(cpus) + 16;
+        let io: Vec<&[u8]> = table[first..]
+            .chunks(8)
+            .take(IOAPIC_PINS as usize)
+            .collect();
+        for (pin, entry) in io.iter().enumerate() {
+            let pin = pin as u8;
+            assert_eq!(
+                entry,
+                &[ENTRY_IOINT, INT_TYPE_INT, 0, 0, ISA_BUS_ID, pin, cpus, pin],
+                "IO interrupt entry for pin {pin}"
+            );
+        }
+        // The 8259 reaches the BSP through LINT0 (ExtINT); NMI goes to LINT1 of every CPU.
+        let local = &table[first + 8 * IOAPIC_PINS as usize..];
+        assert_eq!(
+            &local[..8],
+            &[ENTRY_LOCALINT, INT_TYPE_EXTINT, 0, 0, ISA_BUS_ID, 0, 0, 0]
+        );
+        assert_eq!(
+            &local[8..16],
+            &[ENTRY_LOCALINT, INT_TYPE_NMI, 0, 0, ISA_BUS_ID, 0, 0xff, 1]
         );
     }
 
