@@ -110,6 +110,94 @@ fn without_exit_device_the_probe_resets_and_ferry_exits_zero() {
     assert_eq!(out.code(), Some(0), "reset through the i8042 ends with 0");
 }
 
+/// A guest that halts every vCPU with interrupts off (Linux's `poweroff` without a power-off
+/// method) can never run again: ferry ends with status 0 instead of staying up as an orphan.
+#[test]
+fn a_guest_that_halts_every_vcpu_for_good_ends_ferry_with_zero() {
+    for (cpus, tests) in [("1", "probe.test=halt"), ("2", "probe.test=smp,halt")] {
+        let out = run_probe(tests, &["--cpus", cpus, "--log-level", "info"], DEADLINE);
+        out.assert_pass("halt");
+        assert!(
+            !out.stdout.contains("probe: done"),
+            "the probe must stop in its halt, not exit: {}",
+            out.stdout
+        );
+        assert!(
+            out.stderr.contains("every vCPU halted with interrupts off"),
+            "{cpus} vCPUs: {}",
+            out.stderr
+        );
+        assert_eq!(out.code(), Some(0), "{cpus} vCPUs: {}", out.stderr);
+    }
+}
+
+/// The watch must not end a guest whose vCPUs still run: the dirty loop runs in ring 3 for good,
+/// and ferry stays up until it is killed (checked after several watch periods).
+#[test]
+fn a_running_guest_is_never_taken_for_halted() {
+    let dir = TempDir::new("halt-live");
+    let probe = common::probe_bin();
+    let socket = dir.path().join("api.sock");
+    let mut vm = common::FerryProcess::spawn(
+        dir.path(),
+        "vm",
+        &[
+            "run",
+            "--kernel",
+            probe.to_str().unwrap(),
+            "--cmdline",
+            "probe.test=smp,dirty probe.dirty_mib=1 probe.dirty_rate_mib=1",
+            "--cpus",
+            "2",
+            "--exit-device",
+            "--api-socket",
+            socket.to_str().unwrap(),
+            "--log-level",
+            "info",
+        ],
+    );
+    vm.wait_for_output("probe: dirty: running", DEADLINE);
+    // Pause and resume through the API too: a paused VM answers the watch as live.
+    common::wait_for_socket(&socket, DEADLINE);
+    for action in ["pause", "resume"] {
+        let out = common::ctl(&socket, &[action], DEADLINE);
+        assert_eq!(
+            out.code(),
+            Some(0),
+            "{action}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+    // Progress of the guest's own work, not of the clock: the watch asked the vCPUs several
+    // times by the time the kick counter grew this much (one kick per vCPU per check).
+    let start = std::time::Instant::now();
+    loop {
+        let metrics = common::ctl(&socket, &["metrics"], DEADLINE);
+        let kicks: f64 = metrics
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("ferry_vcpu_exits_total{reason=\"kick\"}"))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0.0);
+        if kicks >= 12.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "kicks stuck at {kicks}:\n{}",
+            metrics.stdout
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(vm.is_running(), "ferry ended a live guest: {}", vm.stderr());
+    assert!(
+        !vm.stderr().contains("every vCPU halted"),
+        "{}",
+        vm.stderr()
+    );
+}
+
 #[test]
 fn missing_kernel_is_a_clear_error() {
     let out = run_ferry(&["run", "--kernel", "/nonexistent/vmlinux"], DEADLINE);

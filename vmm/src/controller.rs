@@ -22,7 +22,7 @@ use crate::builder::{build_vm, build_vm_for_restore, BuildOptions, BuiltVm};
 use crate::error::VmmError;
 use crate::event_loop::{EventLoop, ParkGuard};
 use crate::metrics::VcpuMetrics;
-use crate::vcpu::{install_kick_handler, VcpuHandle, VcpuRequest, VcpuState};
+use crate::vcpu::{install_kick_handler, HaltWatch, VcpuHandle, VcpuRequest, VcpuState};
 use crate::virtio_devices::VirtioDevices;
 use crate::vm_snapshot::{VmSnapshot, SNAPSHOT_VERSION};
 use crate::vm_state::VmKvmState;
@@ -49,6 +49,8 @@ impl VmState {
 
 /// A VM with its threads.
 struct RunningVm {
+    /// First field: dropped (and its thread joined) before the vCPU handles it signals.
+    _halt_watch: HaltWatch,
     vm: Arc<VmFd>,
     memory: GuestMemory,
     vcpus: Vec<VcpuHandle>,
@@ -70,7 +72,11 @@ impl RunningVm {
         for vcpu in built.vcpus {
             vcpus.push(vcpu.start(built.context.clone(), paused)?);
         }
+        let probes = vcpus.iter().map(VcpuHandle::probe).collect();
+        let halt_watch = HaltWatch::start(probes, built.context.exit.clone())
+            .map_err(VmmError::io("spawning the halt watch thread"))?;
         Ok(Self {
+            _halt_watch: halt_watch,
             vm: built.vm,
             memory: built.memory,
             vcpus,

@@ -50,7 +50,13 @@ pub fn register_current_thread(fd: &mut VcpuFd) {
 
 /// Signals the vCPU thread.
 pub fn kick(thread: &JoinHandle<()>) {
-    // SAFETY: pthread_kill on a joinable thread handle we own; a thread that already exited
-    // returns ESRCH, which is harmless.
-    unsafe { libc::pthread_kill(thread.as_pthread_t(), kick_signal()) };
+    kick_pthread(thread.as_pthread_t());
+}
+
+/// Signals the vCPU thread `thread`, whose `JoinHandle` its owner keeps (not joined) while this
+/// may be called.
+pub fn kick_pthread(thread: libc::pthread_t) {
+    // SAFETY: pthread_kill on a thread that is not joined yet; one that already exited returns
+    // ESRCH, which is harmless.
+    unsafe { libc::pthread_kill(thread, kick_signal()) };
 }

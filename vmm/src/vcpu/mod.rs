@@ -6,6 +6,7 @@
 //! the signal lands just before the ioctl. A paused vCPU blocks on its channel, serving state saves
 //! and restores until it is resumed.
 
+mod halt_watch;
 mod kick;
 mod state;
 
@@ -19,6 +20,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use ferry_devices::bus::Bus;
 use ferry_devices::legacy::ExitCode;
 
+pub use halt_watch::{HaltWatch, RunState, VcpuProbe};
 pub use kick::install_kick_handler;
 pub use state::VcpuState;
 
@@ -35,6 +37,9 @@ pub enum VcpuRequest {
     Save(Sender<Result<VcpuState, String>>),
     /// Apply a saved state (only while paused).
     Restore(Box<VcpuState>, Sender<Result<(), String>>),
+    /// Report whether the vCPU could ever run again (see `halt_watch`); a paused or stopped vCPU
+    /// answers `Live`, so the watch never ends a VM that is paused for a snapshot or migration.
+    RunState(Sender<RunState>),
     /// End the thread.
     Exit,
 }
@@ -72,6 +77,14 @@ impl VcpuHandle {
             .map_err(|_| VmmError::VcpuGone(self.index))?;
         kick::kick(&self.thread);
         Ok(())
+    }
+
+    /// What the halt watch needs to ask this vCPU for its run state.
+    pub fn probe(&self) -> VcpuProbe {
+        VcpuProbe {
+            requests: self.requests.clone(),
+            thread: std::os::unix::thread::JoinHandleExt::as_pthread_t(&self.thread),
+        }
     }
 
     /// Pauses the vCPU and waits until it has left guest mode.
@@ -175,6 +188,9 @@ impl Vcpu {
                     }
                 }
                 VcpuRequest::Resume => {}
+                VcpuRequest::RunState(reply) => {
+                    let _ = reply.send(halt_watch::run_state(&self.fd));
+                }
                 VcpuRequest::Save(reply) => {
                     let _ = reply.send(Err("the vCPU is running; pause it first".into()));
                 }
@@ -197,6 +213,9 @@ impl Vcpu {
                 }
                 Ok(VcpuRequest::Pause(ack)) => {
                     let _ = ack.send(());
+                }
+                Ok(VcpuRequest::RunState(reply)) => {
+                    let _ = reply.send(RunState::Live);
                 }
                 Ok(VcpuRequest::Save(reply)) => {
                     let _ = reply.send(VcpuState::save(&self.fd).map_err(|e| e.to_string()));
@@ -221,6 +240,9 @@ impl Vcpu {
                 }
                 Ok(VcpuRequest::Restore(_, reply)) => {
                     let _ = reply.send(Err("the guest has stopped".into()));
+                }
+                Ok(VcpuRequest::RunState(reply)) => {
+                    let _ = reply.send(RunState::Live);
                 }
                 Ok(VcpuRequest::Resume) => {}
                 Ok(VcpuRequest::Exit) | Err(_) => return,

@@ -1,4 +1,4 @@
-//! The tests that need no device: `boot`, `serial` and `info`.
+//! The tests that need no device: `boot`, `serial`, `info` and `halt`.
 
 use super::{fail_str, pass, tsc, user, Global, State};
 use ferry_probe::bootinfo::{BootError, BootProtocol};
@@ -65,4 +65,17 @@ pub fn serial() {
         .str(" crc32=")
         .hex_fixed(crc, 8);
     pass(&l);
+}
+
+/// `halt`: reports, then stops this CPU for good with `cli; hlt`, as Linux does on `poweroff`
+/// without a power-off method. Nothing follows (no summary, no exit device): the VMM must notice
+/// that no vCPU can run again. APs the `smp` test started are already halted the same way.
+pub fn halt() -> ! {
+    let mut l = LineBuf::new();
+    l.str("halting with interrupts off");
+    super::pass(&l);
+    loop {
+        // SAFETY: halting with interrupts off is the point of the test.
+        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) }
+    }
 }

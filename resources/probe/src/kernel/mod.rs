@@ -210,6 +210,7 @@ extern "C" fn probe_main(protocol: u32, info: u64) -> ! {
             b"blk" => blk::run(st),
             b"net" => net::run(st),
             b"info" => basic::info(st),
+            b"halt" => basic::halt(),
             // Self-test of the exception path: #UD in ring 0, reported as a FAIL, exit 1.
             // SAFETY: ud2 raises #UD by design; the handler never returns.
             b"fault" => unsafe { core::arch::asm!("ud2", options(noreturn)) },
