@@ -77,6 +77,10 @@ pub struct DriveConfig {
     pub is_root_device: bool,
     #[serde(default)]
     pub is_read_only: bool,
+    /// For the root device: the partition's UUID, so the guest gets `root=PARTUUID=…` instead of
+    /// `root=/dev/vda` (as Firecracker does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
     /// O_DIRECT: `None` means the backend's default (on for block devices, off for files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct: Option<bool>,
@@ -124,4 +128,71 @@ pub struct VmConfig {
     pub exit_device_port: Option<u16>,
     pub drives: Vec<DriveConfig>,
     pub nets: Vec<NetConfig>,
+}
+
+impl VmConfig {
+    /// Adds `drive`, or replaces the drive with its id. Refuses a second root device, as
+    /// Firecracker does: the guest gets one `root=`.
+    pub fn put_drive(&mut self, drive: DriveConfig) -> Result<(), String> {
+        let other_root = self
+            .drives
+            .iter()
+            .find(|d| d.is_root_device && d.drive_id != drive.drive_id);
+        if let (true, Some(other)) = (drive.is_root_device, other_root) {
+            return Err(format!(
+                "drive '{}' is already the root device; only one drive can be",
+                other.drive_id
+            ));
+        }
+        match self
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == drive.drive_id)
+        {
+            Some(existing) => *existing = drive,
+            None => self.drives.push(drive),
+        }
+        Ok(())
+    }
+
+    /// The root drive, if one is marked.
+    pub fn root_drive(&self) -> Option<&DriveConfig> {
+        self.drives.iter().find(|d| d.is_root_device)
+    }
+}
+
+#[cfg(test)]
+mod put_drive_tests {
+    use super::*;
+
+    fn drive(id: &str, root: bool) -> DriveConfig {
+        DriveConfig {
+            drive_id: id.into(),
+            path_on_host: format!("/img/{id}"),
+            is_root_device: root,
+            is_read_only: false,
+            partuuid: None,
+            direct: None,
+            chap_secret_file: None,
+        }
+    }
+
+    #[test]
+    fn one_root_device_at_most_and_replacement_by_id() {
+        let mut config = VmConfig::default();
+        config.put_drive(drive("data", false)).unwrap();
+        config.put_drive(drive("rootfs", true)).unwrap();
+        let err = config.put_drive(drive("other", true)).unwrap_err();
+        assert!(err.contains("'rootfs' is already the root device"), "{err}");
+        assert_eq!(config.drives.len(), 2);
+        // The root drive itself may be replaced; another drive may become root once it is not.
+        config.put_drive(drive("rootfs", true)).unwrap();
+        config.put_drive(drive("rootfs", false)).unwrap();
+        config.put_drive(drive("data", true)).unwrap();
+        assert_eq!(
+            config.root_drive().map(|d| d.drive_id.as_str()),
+            Some("data")
+        );
+        assert_eq!(config.drives.len(), 2);
+    }
 }

@@ -119,9 +119,7 @@ fn handle(s: &mut State, request: ApiRequest) -> Result<ApiResponse, ApiResponse
         }
         R::PutDrive(drive) => {
             pre_boot(s, "adding a drive")?;
-            if drive.is_root_device && s.drives.iter().any(|d| d.is_root_device && d.drive_id != drive.drive_id) {
-                return Err(ApiResponse::bad_request("a root device is already configured"));
-            }
+            s.config.put_drive(drive.to_config()).map_err(ApiResponse::bad_request)?;
             s.drives.retain(|d| d.drive_id != drive.drive_id);
             s.drives.push(drive);
             s.config.drives = s.drives.iter().map(Drive::to_config).collect();

@@ -234,6 +234,7 @@ impl Drive {
             path_on_host: self.path_on_host.clone(),
             is_root_device: self.is_root_device,
             is_read_only: self.is_read_only,
+            partuuid: self.partuuid.clone(),
             direct: self.direct,
             chap_secret_file: self.chap_secret_file.clone(),
         }
@@ -246,7 +247,7 @@ impl Drive {
             path_on_host: config.path_on_host.clone(),
             is_root_device: config.is_root_device,
             is_read_only: config.is_read_only,
-            partuuid: None,
+            partuuid: config.partuuid.clone(),
             cache_type: CacheType::default(),
             io_engine: IoEngine::default(),
             rate_limiter: None,

@@ -226,10 +226,13 @@ fn drives() {
                 path_on_host: "/y".into(),
                 is_root_device: false,
                 is_read_only: true,
+                partuuid: Some("abcd-01".into()),
                 direct: None,
                 chap_secret_file: None,
             });
             assert!(config.to_config().is_read_only);
+            assert_eq!(config.partuuid.as_deref(), Some("abcd-01"));
+            assert_eq!(config.to_config().partuuid.as_deref(), Some("abcd-01"));
         }
         other => panic!("{other:?}"),
     }

@@ -144,15 +144,9 @@ impl ApiService {
             }
             ApiRequest::PutDrive(drive) => {
                 let config = c.config_mut("adding drives after boot")?;
-                let drive = drive.to_config();
-                match config
-                    .drives
-                    .iter_mut()
-                    .find(|d| d.drive_id == drive.drive_id)
-                {
-                    Some(existing) => *existing = drive,
-                    None => config.drives.push(drive),
-                }
+                config
+                    .put_drive(drive.to_config())
+                    .map_err(VmmError::Config)?;
                 ApiResponse::NoContent
             }
             ApiRequest::PatchDrive(patch) => {

@@ -8,7 +8,7 @@ use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY}
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use ferry_api::{SerialOutput as SerialOutputConfig, VmConfig, DEFAULT_CMDLINE};
+use ferry_api::{DriveConfig, SerialOutput as SerialOutputConfig, VmConfig, DEFAULT_CMDLINE};
 use ferry_arch::boot::{self, BootPreference, LoadedInitrd};
 use ferry_arch::cpuid::{filter_cpuid, CpuFeature};
 use ferry_arch::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MPTABLE_ADDR, SERIAL_IRQ};
@@ -320,7 +320,7 @@ fn load_boot(
         None => None,
     };
     let user_args = config.boot.as_ref().and_then(|b| b.boot_args.as_deref());
-    let cmdline = build_cmdline(user_args, &virtio.cmdline_entries());
+    let cmdline = build_cmdline(user_args, &virtio.cmdline_entries(), config.root_drive());
     boot::write_cmdline(memory, &cmdline)?;
     match loaded.protocol {
         BootProtocol::Pvh => boot::write_pvh_info(memory, mem_size, cmdline.len(), initrd)?,
@@ -335,18 +335,58 @@ fn load_boot(
     })
 }
 
-/// ferry's defaults, then the virtio devices, then the user's text (last, so it can override).
-pub fn build_cmdline(user: Option<&str>, virtio_entries: &[String]) -> String {
+/// ferry's defaults, then the virtio devices, then the user's text, then, for a root drive, what
+/// Firecracker appends for it (`root=/dev/vda` or `root=PARTUUID=…`, then `ro` or `rw`): after
+/// the user's kernel parameters, so it wins as on Firecracker, but before the user's init
+/// arguments (the text after ` -- `), which the kernel hands to init rather than reading.
+pub fn build_cmdline(
+    user: Option<&str>,
+    virtio_entries: &[String],
+    root: Option<&DriveConfig>,
+) -> String {
     let mut cmdline = String::from(DEFAULT_CMDLINE);
     for entry in virtio_entries {
         cmdline.push(' ');
         cmdline.push_str(entry);
     }
-    if let Some(user) = user.map(str::trim).filter(|u| !u.is_empty()) {
+    let user = user.map(str::trim).unwrap_or_default();
+    let (kernel_args, init_args) = split_init_args(user);
+    if !kernel_args.is_empty() {
         cmdline.push(' ');
-        cmdline.push_str(user);
+        cmdline.push_str(kernel_args);
+    }
+    if let Some(root) = root {
+        match &root.partuuid {
+            Some(uuid) => cmdline.push_str(&format!(" root=PARTUUID={uuid}")),
+            None => cmdline.push_str(" root=/dev/vda"),
+        }
+        cmdline.push_str(if root.is_read_only { " ro" } else { " rw" });
+    }
+    if let Some(init_args) = init_args {
+        cmdline.push_str(" --");
+        if !init_args.is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(init_args);
+        }
     }
     cmdline
+}
+
+/// Splits a command line at its first standalone `--` into the kernel's parameters and init's.
+fn split_init_args(text: &str) -> (&str, Option<&str>) {
+    if text == "--" {
+        return ("", Some(""));
+    }
+    if let Some(rest) = text.strip_prefix("-- ") {
+        return ("", Some(rest.trim()));
+    }
+    match text.find(" -- ") {
+        Some(at) => (text[..at].trim(), Some(text[at + 4..].trim())),
+        None => match text.strip_suffix(" --") {
+            Some(kernel) => (kernel.trim(), Some("")),
+            None => (text, None),
+        },
+    }
 }
 
 fn open_serial_output(output: &SerialOutputConfig) -> Result<SerialOutput, VmmError> {
@@ -367,12 +407,61 @@ fn open_serial_output(output: &SerialOutputConfig) -> Result<SerialOutput, VmmEr
 mod tests {
     use super::*;
 
+    fn root_drive(read_only: bool, partuuid: Option<&str>) -> DriveConfig {
+        DriveConfig {
+            drive_id: "rootfs".into(),
+            path_on_host: "/img".into(),
+            is_root_device: true,
+            is_read_only: read_only,
+            partuuid: partuuid.map(String::from),
+            direct: None,
+            chap_secret_file: None,
+        }
+    }
+
+    #[test]
+    fn root_drive_adds_firecrackers_root_parameters_after_the_users() {
+        let dev = ["virtio_mmio.device=4K@0xd0000000:5".to_string()];
+        let rw = root_drive(false, None);
+        assert_eq!(
+            build_cmdline(Some("console=ttyS0 reboot=k"), &dev, Some(&rw)),
+            format!(
+                "{DEFAULT_CMDLINE} {} console=ttyS0 reboot=k root=/dev/vda rw",
+                dev[0]
+            )
+        );
+        let ro = root_drive(true, Some("d3adb33f-01"));
+        assert_eq!(
+            build_cmdline(None, &[], Some(&ro)),
+            format!("{DEFAULT_CMDLINE} root=PARTUUID=d3adb33f-01 ro")
+        );
+        // Init's arguments stay last: the root parameters go before ` -- `.
+        assert_eq!(
+            build_cmdline(Some("quiet -- single x=1"), &[], Some(&rw)),
+            format!("{DEFAULT_CMDLINE} quiet root=/dev/vda rw -- single x=1")
+        );
+        assert_eq!(
+            build_cmdline(Some("-- single"), &[], Some(&rw)),
+            format!("{DEFAULT_CMDLINE} root=/dev/vda rw -- single")
+        );
+        assert_eq!(
+            build_cmdline(Some("quiet --"), &[], Some(&rw)),
+            format!("{DEFAULT_CMDLINE} quiet root=/dev/vda rw --")
+        );
+        // A parameter that merely contains dashes is no separator.
+        assert_eq!(
+            build_cmdline(Some("a=--b"), &[], Some(&rw)),
+            format!("{DEFAULT_CMDLINE} a=--b root=/dev/vda rw")
+        );
+    }
+
     #[test]
     fn cmdline_puts_user_text_last() {
-        assert_eq!(build_cmdline(None, &[]), DEFAULT_CMDLINE);
+        assert_eq!(build_cmdline(None, &[], None), DEFAULT_CMDLINE);
         let c = build_cmdline(
             Some("  probe.test=boot "),
             &["virtio_mmio.device=4K@0xd0000000:5".into()],
+            None,
         );
         assert_eq!(
             c,

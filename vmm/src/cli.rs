@@ -237,6 +237,7 @@ fn parse_disk(text: &str) -> Result<DriveConfig, String> {
         path_on_host: String::new(),
         is_root_device: false,
         is_read_only: false,
+        partuuid: None,
         direct: None,
         chap_secret_file: None,
     };
@@ -248,11 +249,13 @@ fn parse_disk(text: &str) -> Result<DriveConfig, String> {
                 drive.drive_id = value.to_string();
             }
             "readonly" => drive.is_read_only = on_off(key, value)?,
+            "root" => drive.is_root_device = on_off(key, value)?,
+            "partuuid" => drive.partuuid = Some(value.to_string()),
             "direct" => drive.direct = Some(on_off(key, value)?),
             "chap-secret-file" => drive.chap_secret_file = Some(value.to_string()),
             other => {
                 return Err(format!(
-                    "unknown disk option '{other}' (known: path, id, readonly, direct, chap-secret-file)"
+                    "unknown disk option '{other}' (known: path, id, readonly, root, partuuid, direct, chap-secret-file)"
                 ))
             }
         }

@@ -67,7 +67,8 @@ pub struct VirtioDevices {
     devices: Vec<Attached>,
 }
 
-/// Creates every configured virtio device: drives first, then network interfaces.
+/// Creates every configured virtio device: drives first (the root device, if any, before the
+/// others, so the guest names it `vda` as on Firecracker), then network interfaces.
 pub fn attach_virtio_devices(
     config: &VmConfig,
     vm: &VmFd,
@@ -82,7 +83,15 @@ pub fn attach_virtio_devices(
         )));
     }
     let mut devices = VirtioDevices::default();
-    for drive in &config.drives {
+    let roots = config.drives.iter().filter(|d| d.is_root_device).count();
+    if roots > 1 {
+        return Err(VmmError::Config(format!(
+            "{roots} drives are marked as the root device; only one can be"
+        )));
+    }
+    let root_first = config.drives.iter().filter(|d| d.is_root_device);
+    let others = config.drives.iter().filter(|d| !d.is_root_device);
+    for drive in root_first.chain(others) {
         let block = open_block(drive)?;
         devices.attach(vm, memory, mmio, &drive.drive_id, Model::Block(block))?;
     }
