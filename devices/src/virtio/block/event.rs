@@ -9,6 +9,8 @@ use super::Block;
 const EV_ACTIVATE: u32 = 0;
 const EV_QUEUE: u32 = 1;
 const EV_BACKEND: u32 = 2;
+/// The rate limiter's timerfd: tokens are there for the request it held back.
+const EV_RATE_LIMITER: u32 = 3;
 
 impl Block {
     /// Adds the queue and backend fds to the event loop the first time the device activates;
@@ -43,6 +45,15 @@ impl MutEventSubscriber for Block {
         )) {
             log::error!("virtio-blk: cannot watch the activate eventfd: {e}");
         }
+        // The limiter's timerfd exists (unarmed) even without a limit, so a limit set later on
+        // the running device needs no new registration.
+        if let Err(e) = ops.add(Events::with_data_raw(
+            self.limiter.timer_fd(),
+            EV_RATE_LIMITER,
+            EventSet::IN,
+        )) {
+            log::error!("virtio-blk: cannot watch the rate limiter timer: {e}");
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -62,6 +73,11 @@ impl MutEventSubscriber for Block {
             // process_queue reaps completions first, then continues with any requests the
             // backend had no room for.
             EV_BACKEND => self.process_queue(),
+            EV_RATE_LIMITER => {
+                if self.limiter.on_timer() {
+                    self.process_queue();
+                }
+            }
             other => log::warn!("virtio-blk: unexpected event {other}"),
         }
     }

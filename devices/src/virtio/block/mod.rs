@@ -33,6 +33,7 @@ use super::avail::AvailReader;
 use super::fastmem::FastMem;
 use super::used::{UsedState, UsedWriter};
 use super::{ActivateError, VirtioDevice, VirtioInterrupt, VirtioQueue};
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
 use crate::storage::{Completion, DiskBackend, DiskInfo};
 use crate::GuestMemory;
 use request::{Desc, Request};
@@ -50,6 +51,8 @@ pub struct BlockMetrics {
     pub flushes: AtomicU64,
     /// Requests completed with IOERR or UNSUPP.
     pub errors: AtomicU64,
+    /// Times the rate limiter held a request back and put the queue to sleep until its timer.
+    pub throttled: AtomicU64,
 }
 
 impl BlockMetrics {
@@ -100,8 +103,13 @@ pub struct Block {
     free_slots: Vec<u16>,
     /// Whether each slot holds a request (popped and not yet completed).
     slot_busy: Vec<bool>,
-    /// A parsed request the backend refused with Busy: retried before popping anything else.
+    /// A parsed request not yet submitted (the rate limiter or the backend (Busy) held it back):
+    /// retried before popping anything else.
     pending: Option<u16>,
+    /// Whether `pending` already took its rate-limiter tokens (it waits for the backend only).
+    pending_admitted: bool,
+    /// Limits requests (ops) and bytes; unlimited unless configured.
+    limiter: RateLimiter,
     descs: Vec<Desc>,
     completions: Vec<Completion>,
     metrics: Arc<BlockMetrics>,
@@ -137,6 +145,8 @@ impl Block {
             free_slots: (0..depth as u16).rev().collect(),
             slot_busy: vec![false; depth],
             pending: None,
+            pending_admitted: false,
+            limiter: RateLimiter::unlimited()?,
             descs: Vec::with_capacity(16),
             completions: Vec::with_capacity(depth),
             metrics: Arc::new(BlockMetrics::default()),
@@ -153,6 +163,17 @@ impl Block {
     /// Counters for metrics.
     pub fn metrics(&self) -> Arc<BlockMetrics> {
         self.metrics.clone()
+    }
+
+    /// Applies a rate limiter configuration (at creation or on a running device; see
+    /// [`crate::rate_limiter`]). Held-back requests are retried under the new limits at once.
+    pub fn set_rate_limiter(&mut self, config: &RateLimiterConfig) {
+        self.limiter.set_config(config);
+    }
+
+    /// The rate limiter's configuration (buckets of size 0 are absent).
+    pub fn rate_limiter_config(&self) -> RateLimiterConfig {
+        self.limiter.config()
     }
 
     /// Capacity shown to the guest, in bytes.

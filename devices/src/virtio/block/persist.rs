@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{config, Block};
 use crate::persist::{Persist, RestoreError};
+use crate::rate_limiter::RateLimiterState;
 use crate::storage::DiskInfo;
 
 /// Saved state of a virtio-blk device.
@@ -20,6 +21,10 @@ pub struct BlockState {
     pub capacity: u64,
     pub avail_features: u64,
     pub acked_features: u64,
+    /// The rate limiter's tokens (its configuration comes with the VM configuration; tokens
+    /// are applied to buckets configured the same way). Absent in older snapshots.
+    #[serde(default)]
+    pub rate_limiter: RateLimiterState,
 }
 
 impl Persist for Block {
@@ -34,6 +39,7 @@ impl Persist for Block {
             capacity: self.capacity,
             avail_features: self.avail_features,
             acked_features: self.acked_features,
+            rate_limiter: self.limiter.save_state(),
         }
     }
 
@@ -65,6 +71,7 @@ impl Persist for Block {
             self.id.copy_from_slice(&state.id);
         }
         self.acked_features = state.acked_features;
+        self.limiter.restore_state(&state.rate_limiter);
         // Keep what the guest saw; a larger disk here shows up at the next refresh_capacity.
         self.capacity = state.capacity;
         let info = DiskInfo {

@@ -6,6 +6,13 @@
 //! completion retries it first. A popped request is therefore never lost or reordered behind
 //! later ones, whatever the guest does meanwhile.
 //!
+//! Rate limiting uses the same hold: before submission a request takes one op and (reads and
+//! writes) its data length from the limiter. Refused, it stays `pending` (not yet admitted),
+//! popping stops with guest notifications off, and the limiter's timerfd wakes the device when
+//! the tokens are there; then it is admitted and submitted first. A request larger than the
+//! bandwidth bucket passes when the bucket is out of debt (see [`crate::rate_limiter`]).
+//! `quiesce` submits a held request without waiting for tokens (the VM is being saved).
+//!
 //! Each pass maps guest memory and the three rings once ([`Pass`]); `virtio_queue::Queue` keeps
 //! the positions (saved state) and the notification-suppression writes.
 
@@ -110,12 +117,15 @@ impl Block {
         }
         let walker = DescWalker::new(mem, GuestAddress(q.queue.desc_table()), q.queue.size());
         if let Some(idx) = self.pending {
-            match self.submit(idx) {
-                Submitted::Queued => self.pending = None,
-                Submitted::Busy => {}
-                Submitted::Failed => {
-                    self.pending = None;
-                    self.finish(p, q, idx, STATUS_IOERR, 1);
+            if self.pending_admitted || self.admit(idx) {
+                self.pending_admitted = true;
+                match self.submit(idx) {
+                    Submitted::Queued => self.pending = None,
+                    Submitted::Busy => {}
+                    Submitted::Failed => {
+                        self.pending = None;
+                        self.finish(p, q, idx, STATUS_IOERR, 1);
+                    }
                 }
             }
         }
@@ -166,14 +176,22 @@ impl Block {
                     Ok(Outcome::Complete { status, used_len }) => {
                         self.finish(p, q, idx, status, used_len);
                     }
-                    Ok(Outcome::Submit) => match self.submit(idx) {
-                        Submitted::Queued => {}
-                        Submitted::Busy => {
+                    Ok(Outcome::Submit) => {
+                        if !self.admit(idx) {
                             self.pending = Some(idx);
+                            self.pending_admitted = false;
                             break 'outer;
                         }
-                        Submitted::Failed => self.finish(p, q, idx, STATUS_IOERR, 1),
-                    },
+                        match self.submit(idx) {
+                            Submitted::Queued => {}
+                            Submitted::Busy => {
+                                self.pending = Some(idx);
+                                self.pending_admitted = true;
+                                break 'outer;
+                            }
+                            Submitted::Failed => self.finish(p, q, idx, STATUS_IOERR, 1),
+                        }
+                    }
                 }
             }
             // The queue decides about notifications from its own position: sync it first.
@@ -189,6 +207,34 @@ impl Block {
         }
         self.kick();
         self.reap(p, q, true);
+    }
+
+    /// Takes the request's tokens from the rate limiter: one op, and its data bytes for reads
+    /// and writes. Unlimited: one inlined check. A refusal that puts the device to sleep is
+    /// counted as a throttle event.
+    #[inline]
+    fn admit(&mut self, idx: u16) -> bool {
+        if self.limiter.is_unlimited() {
+            return true;
+        }
+        self.admit_limited(idx)
+    }
+
+    #[inline(never)]
+    fn admit_limited(&mut self, idx: u16) -> bool {
+        let slot = &self.slots[usize::from(idx)];
+        let bytes = match slot.op {
+            DiskOp::Read | DiskOp::Write => slot.len,
+            _ => 0,
+        };
+        let was_blocked = self.limiter.is_blocked();
+        if self.limiter.consume_op(bytes) {
+            return true;
+        }
+        if !was_blocked {
+            BlockMetrics::add(&self.metrics.throttled, 1);
+        }
+        false
     }
 
     fn submit(&mut self, idx: u16) -> Submitted {
@@ -339,6 +385,8 @@ impl Block {
                 break;
             };
             if let Some(idx) = self.pending {
+                // Saving the VM: a request the limiter held goes now, not lost or reordered.
+                self.pending_admitted = true;
                 match self.submit(idx) {
                     Submitted::Queued => self.pending = None,
                     Submitted::Busy => {}
