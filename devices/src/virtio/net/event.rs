@@ -4,6 +4,8 @@
 //! interest that follows the pair's state after every event: EPOLLIN while the guest has RX
 //! buffers (dropped when it runs out, back on the next RX kick), EPOLLOUT while a TX frame waits
 //! for the backend, nothing while inactive. The fds are added once and only modified after.
+//! EPOLLIN is also dropped while the RX rate limiter is blocked. The two rate limiters'
+//! timerfds are watched from `init` (unarmed until a limit refuses something).
 
 use std::os::fd::AsRawFd;
 
@@ -12,6 +14,10 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use super::Net;
 
 const EV_ACTIVATE: u32 = 0;
+/// The RX rate limiter's timerfd.
+const EV_RX_LIMITER: u32 = 1;
+/// The TX rate limiter's timerfd.
+const EV_TX_LIMITER: u32 = 2;
 /// Queue kick `i` is `EV_QUEUE + i`.
 const EV_QUEUE: u32 = 0x1_0000;
 /// Backend fd of pair `p` is `EV_BACKEND + p`.
@@ -38,6 +44,7 @@ impl Net {
 
     /// Makes the event loop's interest in each backend fd match the pair's state.
     fn sync_interest(&mut self, ops: &mut EventOps) {
+        let rx_blocked = self.rx_limiter.is_blocked();
         for p in 0..self.pairs.len() {
             let Some(fd) = self.backend.fd(p) else {
                 continue;
@@ -45,7 +52,7 @@ impl Net {
             let mut want = EventSet::empty();
             if let Some(a) = &self.active {
                 let pair = &self.pairs[p];
-                if a.serves(2 * p) && !pair.rx_stalled {
+                if a.serves(2 * p) && !pair.rx_stalled && !rx_blocked {
                     want |= EventSet::IN;
                 }
                 if a.serves(2 * p + 1) && pair.tx_blocked {
@@ -116,6 +123,29 @@ impl Net {
         self.active = Some(a);
     }
 
+    /// A rate limiter's timer: retry what it held back on every pair in use.
+    fn on_limiter(&mut self, rx: bool) {
+        let unblocked = if rx {
+            self.rx_limiter.on_timer()
+        } else {
+            self.tx_limiter.on_timer()
+        };
+        if !unblocked {
+            return;
+        }
+        let Some(mut a) = self.active.take() else {
+            return;
+        };
+        for p in 0..usize::from(a.curr_pairs) {
+            if rx {
+                self.process_rx(&mut a, p);
+            } else {
+                self.process_tx_rekick(&mut a, p);
+            }
+        }
+        self.active = Some(a);
+    }
+
     fn on_backend(&mut self, p: usize, events: EventSet, ops: &mut EventOps) {
         if events.intersects(EventSet::ERROR | EventSet::HANG_UP) {
             // A deleted macvtap/tap: nothing more will come; stop watching so the loop does not
@@ -158,6 +188,18 @@ impl MutEventSubscriber for Net {
         )) {
             log::error!("virtio-net: cannot watch the activate eventfd: {e}");
         }
+        for (limiter, data) in [
+            (&self.rx_limiter, EV_RX_LIMITER),
+            (&self.tx_limiter, EV_TX_LIMITER),
+        ] {
+            if let Err(e) = ops.add(Events::with_data_raw(
+                limiter.timer_fd(),
+                data,
+                EventSet::IN,
+            )) {
+                log::error!("virtio-net: cannot watch a rate limiter timer: {e}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -168,6 +210,8 @@ impl MutEventSubscriber for Net {
                 // Buffers and frames may already wait (driver kicked early, restored snapshot).
                 self.process_all();
             }
+            EV_RX_LIMITER => self.on_limiter(true),
+            EV_TX_LIMITER => self.on_limiter(false),
             d if (EV_QUEUE..EV_BACKEND).contains(&d) => self.on_queue((d - EV_QUEUE) as usize),
             d if d >= EV_BACKEND => {
                 self.on_backend((d - EV_BACKEND) as usize, events.event_set(), ops)

@@ -40,6 +40,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::{ActivateError, VirtioDevice, VirtioInterrupt, VirtioQueue};
 use crate::net::vnet::{tun_offload_flags, VNET_HDR_LEN};
 use crate::net::{MacAddr, NetBackend};
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
 use crate::GuestMemory;
 use config::has;
 
@@ -63,6 +64,10 @@ pub struct NetMetrics {
     pub tx_dropped: AtomicU64,
     /// Descriptor chains rejected as malformed (any queue).
     pub bad_chains: AtomicU64,
+    /// Times the RX rate limiter held a frame back until its timer.
+    pub rx_throttled: AtomicU64,
+    /// Times the TX rate limiter held a frame back until its timer.
+    pub tx_throttled: AtomicU64,
 }
 
 impl NetMetrics {
@@ -91,6 +96,8 @@ struct Pair {
     rx_buf: Box<[u8]>,
     /// Length of a frame waiting in `rx_buf` for guest buffers (0: none).
     rx_len: usize,
+    /// Whether the frame in `rx_buf` already took its RX rate-limiter tokens.
+    rx_admitted: bool,
     /// The guest had no buffers: the backend is not read until the next RX kick.
     rx_stalled: bool,
     /// The backend answered EAGAIN: TX waits for it to become writable.
@@ -104,6 +111,7 @@ impl Pair {
         Self {
             rx_buf: vec![0u8; VNET_HDR_LEN + MAX_FRAME_LEN].into_boxed_slice(),
             rx_len: 0,
+            rx_admitted: false,
             rx_stalled: false,
             tx_blocked: false,
             interest: None,
@@ -163,6 +171,10 @@ pub struct Net {
     rx_chains: Vec<(u16, usize)>,
     iovs: IoVecs,
     metrics: Arc<NetMetrics>,
+    /// Limits frames and bytes given to the guest (all pairs together); unlimited by default.
+    rx_limiter: RateLimiter,
+    /// Limits frames and bytes the guest sends (all pairs together); unlimited by default.
+    tx_limiter: RateLimiter,
 }
 
 impl Net {
@@ -189,6 +201,8 @@ impl Net {
             rx_chains: Vec::with_capacity(usize::from(config::QUEUE_SIZE)),
             iovs: IoVecs(Vec::with_capacity(MAX_CHAIN_DESCS)),
             metrics: Arc::new(NetMetrics::default()),
+            rx_limiter: RateLimiter::unlimited()?,
+            tx_limiter: RateLimiter::unlimited()?,
             backend,
         })
     }
@@ -203,6 +217,27 @@ impl Net {
     /// Counters for metrics.
     pub fn metrics(&self) -> Arc<NetMetrics> {
         self.metrics.clone()
+    }
+
+    /// Applies rate limiter configurations (at creation or on a running device; see
+    /// [`crate::rate_limiter`]); `None` leaves that direction as it is. Frames held back are
+    /// retried under the new limits at once.
+    pub fn set_rate_limiters(
+        &mut self,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) {
+        if let Some(rx) = rx {
+            self.rx_limiter.set_config(rx);
+        }
+        if let Some(tx) = tx {
+            self.tx_limiter.set_config(tx);
+        }
+    }
+
+    /// The RX and TX rate limiters' configurations.
+    pub fn rate_limiter_configs(&self) -> (RateLimiterConfig, RateLimiterConfig) {
+        (self.rx_limiter.config(), self.tx_limiter.config())
     }
 
     /// The guest's MAC.
@@ -281,6 +316,20 @@ impl Net {
             a.interrupt.set_needs_reset();
         }
     }
+}
+
+/// Takes one frame of `bytes` from `limiter`; a refusal that puts the direction to sleep counts
+/// in `throttled`. Only called for a configured limiter (callers check `is_unlimited` inline).
+#[inline(never)]
+fn admit_frame(limiter: &mut RateLimiter, bytes: usize, throttled: &AtomicU64) -> bool {
+    let was_blocked = limiter.is_blocked();
+    if limiter.consume_op(bytes as u64) {
+        return true;
+    }
+    if !was_blocked {
+        NetMetrics::add(throttled, 1);
+    }
+    false
 }
 
 /// Interrupts the guest for `q` unless EVENT_IDX says it does not want one yet.
@@ -437,6 +486,7 @@ impl Net {
                 NetMetrics::add(&self.metrics.rx_dropped, 1);
             }
             pair.rx_len = 0;
+            pair.rx_admitted = false;
             pair.rx_stalled = false;
             pair.tx_blocked = false;
         }

@@ -14,6 +14,7 @@ use virtio_bindings::virtio_net::{VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP};
 
 use super::Net;
 use crate::persist::{Persist, RestoreError};
+use crate::rate_limiter::RateLimiterState;
 
 /// Saved state of a virtio-net device.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -26,6 +27,12 @@ pub struct NetState {
     pub curr_pairs: u16,
     /// Config status (LINK_UP, ANNOUNCE pending).
     pub status: u16,
+    /// The rate limiters' tokens (their configuration comes with the VM configuration; tokens
+    /// are applied to buckets configured the same way). Absent in older snapshots.
+    #[serde(default)]
+    pub rx_rate_limiter: RateLimiterState,
+    #[serde(default)]
+    pub tx_rate_limiter: RateLimiterState,
 }
 
 impl Persist for Net {
@@ -39,6 +46,8 @@ impl Persist for Net {
             acked_features: self.acked_features,
             curr_pairs: self.active.as_ref().map_or(1, |a| a.curr_pairs),
             status: self.status.load(Ordering::SeqCst),
+            rx_rate_limiter: self.rx_limiter.save_state(),
+            tx_rate_limiter: self.tx_limiter.save_state(),
         }
     }
 
@@ -72,6 +81,8 @@ impl Persist for Net {
             return Err(invalid(format!("{} queue pairs in use", state.curr_pairs)));
         }
         self.acked_features = state.acked_features;
+        self.rx_limiter.restore_state(&state.rx_rate_limiter);
+        self.tx_limiter.restore_state(&state.tx_rate_limiter);
         self.restored_pairs = Some(state.curr_pairs);
         let status = state.status & (VIRTIO_NET_S_ANNOUNCE | VIRTIO_NET_S_LINK_UP) as u16;
         self.status

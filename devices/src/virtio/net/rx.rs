@@ -10,13 +10,22 @@
 //! pair stops reading the backend (the event loop drops EPOLLIN) and waits for the next RX
 //! kick. No frame is lost or duplicated. Writes go through vm-memory, which marks the pages in
 //! the dirty bitmap for live migration.
+//!
+//! Rate limiting: a frame read from the backend takes one op and its length (without the vnet
+//! header) from the RX limiter before it is delivered. Refused, it waits in the host buffer,
+//! the backend is not read (no EPOLLIN) until the limiter's timer, and the host queue holds
+//! what arrives meanwhile (the kernel drops only when that queue overflows, as a congested
+//! link would).
 
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::config::has;
-use super::{avail_overrun, notify_guest, Active, Net, NetMetrics, Seg, ETH_HLEN, MAX_CHAIN_DESCS};
+use super::{
+    admit_frame, avail_overrun, notify_guest, Active, Net, NetMetrics, Seg, ETH_HLEN,
+    MAX_CHAIN_DESCS,
+};
 use crate::net::vnet::{fix_rx_header, VNET_HDR_LEN};
 use crate::GuestMemory;
 
@@ -72,6 +81,15 @@ impl Net {
                     continue;
                 }
                 self.pairs[p].rx_len = n;
+                self.pairs[p].rx_admitted = false;
+            }
+            if !self.rx_limiter.is_unlimited() && !self.pairs[p].rx_admitted {
+                let bytes = self.pairs[p].rx_len - VNET_HDR_LEN;
+                if !admit_frame(&mut self.rx_limiter, bytes, &self.metrics.rx_throttled) {
+                    // The frame waits in the host buffer for the limiter's timer.
+                    break;
+                }
+                self.pairs[p].rx_admitted = true;
             }
             match self.deliver(a, p, &mut used) {
                 // Dropped frames count too: a flood of undeliverable frames must not keep

@@ -5,12 +5,17 @@
 //! chain is put back (`next_avail` rewound, nothing reported to the guest), the pair waits for
 //! EPOLLOUT, and sending resumes there. Malformed chains and frames the header check or the
 //! kernel refuse are completed unsent and counted.
+//!
+//! Rate limiting: a well-formed frame takes one op and its length (without the vnet header)
+//! from the TX limiter before the `writev`. Refused, the chain is put back the same way as on
+//! EAGAIN and sending stops until the limiter's timer; no frame is dropped.
 
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::{
-    avail_overrun, notify_guest, Active, Net, NetMetrics, ETH_HLEN, MAX_CHAIN_DESCS, MAX_FRAME_LEN,
+    admit_frame, avail_overrun, notify_guest, Active, Net, NetMetrics, ETH_HLEN, MAX_CHAIN_DESCS,
+    MAX_FRAME_LEN,
 };
 use crate::net::vnet::{check_tx_header, VNET_HDR_LEN};
 use crate::GuestMemory;
@@ -64,6 +69,19 @@ impl Net {
                         Ok(len)
                     });
                 match result {
+                    Ok(len)
+                        if !self.tx_limiter.is_unlimited()
+                            && !admit_frame(
+                                &mut self.tx_limiter,
+                                len - VNET_HDR_LEN,
+                                &self.metrics.tx_throttled,
+                            ) =>
+                    {
+                        // Keep the chain for the limiter's timer: the guest has not seen it used.
+                        self.iovs.0.clear();
+                        q.set_next_avail(q.next_avail().wrapping_sub(1));
+                        break 'outer;
+                    }
                     Ok(len) => {
                         let iov = &self.iovs.0;
                         // SAFETY: every iovec points into guest memory checked by build_iovecs
