@@ -27,7 +27,7 @@ silence="${LAB_SILENCE_S:-90}"
 retries="${LAB_L1_RETRIES:-1}"
 l2extra="${LAB_L2_EXTRA-noapic}"
 # Per-scenario budget (seconds) for the whole-QEMU timeout.
-per_scenario=240
+per_scenario=300
 
 if [ "${1:-}" = "--list" ]; then
     printf '%s\n' "${all_scenarios[@]}"

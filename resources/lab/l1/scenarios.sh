@@ -14,6 +14,8 @@ L2X=""
 for w in $(cat /proc/cmdline); do
     case "$w" in lab.l2extra=*) L2X=$(echo "${w#*=}" | tr ',' ' ') ;; esac
 done
+# Debian's busybox runs its own applets before anything on PATH: the real iproute2 by path.
+IP=/usr/sbin/ip
 LVMC='activation { udev_sync = 0 udev_rules = 0 monitoring = 0 } devices { obtain_device_list_from_udev = 0 }'
 
 now() { cut -d' ' -f1 /proc/uptime; }
@@ -43,7 +45,9 @@ ev() { tr -d '\r' <"$1" | sed -n "s/.*lab-l2: .*$2=\([^ ]*\).*/\1/p" | head -n1;
 # evl FILE KEY: the last such value.
 evl() { tr -d '\r' <"$1" | sed -n "s/.*lab-l2: .*$2=\([^ ]*\).*/\1/p" | tail -n1; }
 # oops FILE: the first line that shows a guest kernel failure.
-oops() { tr -d '\r' <"$1" | grep -m1 -E 'BUG:|Oops|Kernel panic|general protection|WARNING:|Call Trace' | cut -c1-160; }
+oops() {
+    tr -d '\r' <"$1" | { grep -m1 -E 'BUG:|Oops|Kernel panic|general protection' || grep -m1 -E 'WARNING:|Call Trace'; } | cut -c1-160
+}
 md5() { md5sum "$1" | cut -d' ' -f1; }
 # l2fail FILE RC: a one-line description of why an L2 run went wrong.
 l2why() {
@@ -226,44 +230,44 @@ sc_blk_discard() {
 
 # --- network ------------------------------------------------------------------------------------
 net_test() { # net_test KIND(tap|macvtap)
-    ip netns add peer
-    ip link add va type veth peer name vb
-    ip link set vb netns peer
-    ip -n peer link set lo up
-    ip -n peer addr add 10.0.0.1/24 dev vb
-    ip -n peer link set vb up
-    ip link set va up
+    $IP netns add peer
+    $IP link add va type veth peer name vb
+    $IP link set vb netns peer
+    $IP -n peer link set lo up
+    $IP -n peer addr add 10.0.0.1/24 dev vb
+    $IP -n peer link set vb up
+    $IP link set va up
     if [ "$1" = tap ]; then
-        ip link add br0 type bridge
-        ip link set br0 up
-        ip link set va master br0
-        ip tuntap add dev ltap0 mode tap multi_queue
-        ip link set ltap0 master br0
-        ip link set ltap0 up
+        $IP link add br0 type bridge
+        $IP link set br0 up
+        $IP link set va master br0
+        $IP tuntap add dev ltap0 mode tap multi_queue
+        $IP link set ltap0 master br0
+        $IP link set ltap0 up
         nic="tap=ltap0,queues=2"
     else
-        ip link add link va name mvt0 type macvtap mode bridge
-        ip link set mvt0 up
+        $IP link add link va name mvt0 type macvtap mode bridge
+        $IP link set mvt0 up
         nic="macvtap=mvt0,queues=2"
     fi
     dd if=/dev/urandom of="$W/tx64" bs=1M count=64 2>/dev/null
     txmd5=$(md5 "$W/tx64")
-    bg l2 400 ferry run --kernel "$K" --initrd "$I" --cpus 2 --memory 512M --net "$nic" \
+    bg l2 300 ferry run --kernel "$K" --initrd "$I" --cpus 2 --memory 512M --net "$nic" \
         --cmdline "lab.test=net lab.ip=10.0.0.2/24 lab.peer=10.0.0.1 $L2X"
     l2pid=$pid
-    ip netns exec peer timeout -s KILL 300 nc -l -p 5002 >"$W/rx64" 2>"$W/ncl.err" &
+    $IP netns exec peer timeout -s KILL 240 nc -l -p 5002 -e sh -c "cat >$W/rx64" 2>"$W/ncl.err" &
     echo $! >>"$W/pids"
     ncl=$!
     pin="no"
     if waitfor "$W/l2.out" 'lab-l2: net-ready' 200; then
-        ip netns exec peer ping -c 3 -W 5 10.0.0.2 >"$W/ping.log" 2>&1 && pin="ok"
-        ip netns exec peer timeout -s KILL 200 nc 10.0.0.2 5001 <"$W/tx64" >/dev/null 2>"$W/ncs.err"
+        $IP netns exec peer ping -c 3 -W 5 10.0.0.2 >"$W/ping.log" 2>&1 && pin="ok"
+        $IP netns exec peer timeout -s KILL 150 nc 10.0.0.2 5001 <"$W/tx64" >/dev/null 2>"$W/ncs.err"
     fi
     wait "$l2pid"
     rc=$?
     wait "$ncl" 2>/dev/null
-    rxmd5=$(md5 "$W/rx64")
-    rxb=$(wc -c <"$W/rx64")
+    rxmd5=$(md5 "$W/rx64" 2>/dev/null)
+    rxb=$(wc -c <"$W/rx64" 2>/dev/null)
     pout=$(grep -c 'lab-l2: ping-out ok' "$W/l2.out")
     grx=$(ev "$W/l2.out" rx-md5)
     gtx=$(ev "$W/l2.out" tx-md5)
@@ -273,11 +277,11 @@ net_test() { # net_test KIND(tap|macvtap)
     else
         fail "ping-in=$pin ping-out=$pout L1->L2 md5 sent=$txmd5 got=${grx:-none}; L2->L1 md5 sent=${gtx:-none} got=$rxmd5 ($rxb bytes); queues=${q:-none} $(l2why "$W/l2.out" "$rc")"
     fi
-    ip netns del peer
-    ip link del va 2>/dev/null
-    ip link del br0 2>/dev/null
-    ip link del ltap0 2>/dev/null
-    ip link del mvt0 2>/dev/null
+    $IP netns del peer
+    $IP link del va 2>/dev/null
+    $IP link del br0 2>/dev/null
+    $IP link del ltap0 2>/dev/null
+    $IP link del mvt0 2>/dev/null
 }
 sc_net_tap() { net_test tap; }
 sc_net_macvtap() { net_test macvtap; }
@@ -319,7 +323,7 @@ sc_lvm() {
 
 # --- iSCSI -------------------------------------------------------------------------------------------
 tgt_start() {
-    bg "tgtd$1" 400 tgtd -f --iscsi portal=127.0.0.1:3260
+    bg "tgtd$1" 250 tgtd -f --iscsi portal=127.0.0.1:3260
     tgtpid=$pid
     i=0
     until tgtadm --lld iscsi --op show --mode target >/dev/null 2>&1; do
@@ -334,17 +338,18 @@ tgt_start() {
 sc_iscsi() {
     truncate -s 64M "$W/lun.img"
     if ! tgt_start 1 >>"$W/tgt.out" 2>&1; then fail "tgtd did not start"; return; fi
-    bg l2 300 ferry run --kernel "$K" --initrd "$I" --disk "path=iscsi://127.0.0.1:3260/iqn.2026-11.lab:disk0/1" \
+    bg l2 200 ferry run --kernel "$K" --initrd "$I" --disk "path=iscsi://127.0.0.1:3260/iqn.2026-11.lab:disk0/1" \
         --cmdline "lab.test=iscsi $L2X"
+    fpid=$pid
     restarted=no
-    if waitfor "$W/l2.out" 'lab-l2: chunk 4 done' 200; then
+    if waitfor "$W/l2.out" 'lab-l2: chunk 4 done' 150; then
         kill -KILL "$tgtpid"
         wait "$tgtpid" 2>/dev/null
         sleep 2
         tgt_start 2 >>"$W/tgt.out" 2>&1 && restarted=yes
         at=$(tr -d '\r' <"$W/l2.out" | grep -c 'lab-l2: chunk [0-9]* done')
     fi
-    wait "$pid"
+    wait "$fpid"
     rc=$?
     wm=$(ev "$W/l2.out" written-md5)
     rm5=$(ev "$W/l2.out" read-md5)
