@@ -19,6 +19,7 @@ use crate::controller::{VmController, VmState};
 use crate::migration::destination::{receive, ReceiveMaps, ReceiveOptions};
 use crate::migration::source::migrate;
 use crate::migration::{MigrationPhase, MigrationProgress, MigrationUrl, SendOptions};
+use crate::sink::Sink;
 use crate::{snapshot, VmmError};
 
 /// How long the process stays up after answering a request that ended the guest.
@@ -39,7 +40,8 @@ pub struct ApiService {
     migration: Arc<Mutex<MigrationProgress>>,
     /// Set by a finished migration: the process exits with this status.
     finished: Arc<Mutex<Option<u8>>>,
-    metrics_path: Option<String>,
+    /// Where `FlushMetrics` writes (`PUT /metrics`).
+    metrics_output: Option<Sink>,
     _server: ferry_api::ApiServerHandle,
 }
 
@@ -59,7 +61,7 @@ impl ApiService {
             wake,
             migration: Arc::new(Mutex::new(MigrationProgress::default())),
             finished: Arc::new(Mutex::new(None)),
-            metrics_path: None,
+            metrics_output: None,
             _server: server,
         })
     }
@@ -183,6 +185,7 @@ impl ApiService {
             }
             ApiRequest::Action(ActionType::InstanceStart) => {
                 c.start()?;
+                log::info!("guest started");
                 ApiResponse::NoContent
             }
             ApiRequest::Action(ActionType::SendCtrlAltDel) => {
@@ -195,9 +198,8 @@ impl ApiService {
                 ApiResponse::NoContent
             }
             ApiRequest::Action(ActionType::FlushMetrics) => {
-                if let Some(path) = &self.metrics_path {
-                    let text = self.metrics_text(&c);
-                    std::fs::write(path, text).map_err(VmmError::io(format!("writing {path}")))?;
+                if let Some(sink) = &self.metrics_output {
+                    sink.send(self.metrics_text(&c).into_bytes());
                 }
                 ApiResponse::NoContent
             }
@@ -242,16 +244,15 @@ impl ApiService {
                 ApiResponse::NoContent
             }
             ApiRequest::PutLogger(logger) => {
-                if let Some(level) = logger.level {
-                    log::set_max_level(level_filter(level));
-                }
+                // Opens without blocking: a FIFO nobody reads yet is fine.
+                crate::logger::configure(&logger)?;
                 if let Some(path) = &logger.log_path {
-                    redirect_stderr(path)?;
+                    log::info!("logging to {path}");
                 }
                 ApiResponse::NoContent
             }
             ApiRequest::PutMetrics(metrics) => {
-                self.metrics_path = Some(metrics.metrics_path);
+                self.metrics_output = Some(Sink::open(&metrics.metrics_path, "metrics")?);
                 ApiResponse::NoContent
             }
             ApiRequest::MigrationSend(req) => {
@@ -423,32 +424,4 @@ impl ApiService {
     fn metrics_text(&self, c: &VmController) -> String {
         crate::metrics::prometheus_text(c, &lock(&self.migration))
     }
-}
-
-fn level_filter(level: ferry_api::LogLevel) -> log::LevelFilter {
-    use ferry_api::LogLevel::*;
-    match level {
-        Off => log::LevelFilter::Off,
-        Error => log::LevelFilter::Error,
-        Warning => log::LevelFilter::Warn,
-        Info => log::LevelFilter::Info,
-        Debug => log::LevelFilter::Debug,
-        Trace => log::LevelFilter::Trace,
-    }
-}
-
-/// Points stderr (where ferry logs) at `path`, appending.
-fn redirect_stderr(path: &str) -> Result<(), VmmError> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(VmmError::io(format!("opening log file {path}")))?;
-    // SAFETY: dup2 onto fd 2 with a valid open fd.
-    if unsafe { libc::dup2(file.as_raw_fd(), 2) } < 0 {
-        return Err(VmmError::io(format!("redirecting the log to {path}"))(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
 }

@@ -34,10 +34,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(level: log::LevelFilter) {
-    env_logger::Builder::new()
-        .filter_level(level)
-        .format_target(false)
-        .init();
+    ferry_vmm::logger::init(level);
 }
 
 fn run(args: RunArgs) -> Result<u8, VmmError> {
