@@ -139,9 +139,37 @@ fn logger_and_metrics_on_fifos_without_readers_answer_at_once() {
     assert!(line.contains(":INFO] logging to"), "{line}");
     wait_line(&logs, "log", |l| l.contains("guest started"));
     let metrics = read_lines(&metrics_fifo);
-    wait_line(&metrics, "metrics", |l| {
-        l.contains("ferry_vcpu_exits_total")
-    });
+    let line = wait_line(&metrics, "metrics", |l| l.starts_with('{'));
+    let flushed: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert!(flushed["utc_timestamp_ms"].as_u64().is_some(), "{line}");
+    assert!(
+        flushed["vcpu"]["exit_io_out"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{line}"
+    );
+    // InstanceStart and this FlushMetrics.
+    assert_eq!(flushed["put_api_requests"]["actions_count"], 2, "{line}");
+    assert_eq!(flushed["put_api_requests"]["metrics_count"], 1, "{line}");
+    for key in [
+        "api_server",
+        "block",
+        "net",
+        "vmm",
+        "logger",
+        "get_api_requests",
+    ] {
+        assert!(flushed[key].is_object(), "no {key} in {line}");
+    }
+    // Metrics are configured once, as on Firecracker.
+    let (status, text) = http(
+        &socket,
+        "PUT",
+        "/metrics",
+        Some(&json!({"metrics_path": dir.path().join("other")})),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("already configured"), "{text}");
 
     ok(
         &socket,

@@ -16,10 +16,10 @@ use ferry_api::{
 
 use crate::builder::BuildOptions;
 use crate::controller::{VmController, VmState};
+use crate::metrics::{ApiCounters, FirecrackerMetrics};
 use crate::migration::destination::{receive, ReceiveMaps, ReceiveOptions};
 use crate::migration::source::migrate;
 use crate::migration::{MigrationPhase, MigrationProgress, MigrationUrl, SendOptions};
-use crate::sink::Sink;
 use crate::{snapshot, VmmError};
 
 /// How long the process stays up after answering a request that ended the guest.
@@ -40,8 +40,12 @@ pub struct ApiService {
     migration: Arc<Mutex<MigrationProgress>>,
     /// Set by a finished migration: the process exits with this status.
     finished: Arc<Mutex<Option<u8>>>,
-    /// Where `FlushMetrics` writes (`PUT /metrics`).
-    metrics_output: Option<Sink>,
+    /// Where `FlushMetrics` and the periodic flush write (`PUT /metrics`), in Firecracker's
+    /// JSON lines.
+    fc_metrics: Option<FirecrackerMetrics>,
+    api_counters: ApiCounters,
+    /// `id` of `GET /` (Firecracker's `--id`).
+    instance_id: String,
     _server: ferry_api::ApiServerHandle,
 }
 
@@ -61,9 +65,21 @@ impl ApiService {
             wake,
             migration: Arc::new(Mutex::new(MigrationProgress::default())),
             finished: Arc::new(Mutex::new(None)),
-            metrics_output: None,
+            fc_metrics: None,
+            api_counters: ApiCounters::default(),
+            instance_id: "ferry".to_string(),
             _server: server,
         })
+    }
+
+    /// Sets the instance id `GET /` reports.
+    pub fn set_instance_id(&mut self, id: &str) {
+        self.instance_id = id.to_string();
+    }
+
+    /// Sets where metrics go, as a `PUT /metrics` would (which is then refused).
+    pub fn set_metrics(&mut self, metrics: FirecrackerMetrics) {
+        self.fc_metrics = Some(metrics);
     }
 
     /// Serves requests until the guest exits or a migration hands it over; returns the status.
@@ -108,13 +124,23 @@ impl ApiService {
                 pending.respond(response);
                 last_answer = Some(std::time::Instant::now());
             }
+            if let Some(metrics) = self.fc_metrics.as_mut().filter(|m| m.due()) {
+                let c = lock(&self.controller);
+                if c.state() != VmState::Configured {
+                    metrics.flush(&c, &self.api_counters);
+                }
+            }
         }
     }
 
     fn handle(&mut self, request: ApiRequest) -> ApiResponse {
-        match self.dispatch(request) {
+        self.api_counters.requested(&request);
+        match self.dispatch(request.clone()) {
             Ok(response) => response,
-            Err(e) => ApiResponse::bad_request(e.to_string()),
+            Err(e) => {
+                self.api_counters.failed(&request);
+                ApiResponse::bad_request(e.to_string())
+            }
         }
     }
 
@@ -127,7 +153,7 @@ impl ApiService {
                     VmState::Running => InstanceState::Running,
                     VmState::Paused | VmState::Stopped => InstanceState::Paused,
                 };
-                ApiResponse::json(&InstanceInfo::new("ferry", state))
+                ApiResponse::json(&InstanceInfo::new(self.instance_id.clone(), state))
             }
             ApiRequest::GetMachineConfig => ApiResponse::json(&c.config().machine),
             ApiRequest::PutMachineConfig(machine) => {
@@ -198,8 +224,8 @@ impl ApiService {
                 ApiResponse::NoContent
             }
             ApiRequest::Action(ActionType::FlushMetrics) => {
-                if let Some(sink) = &self.metrics_output {
-                    sink.send(self.metrics_text(&c).into_bytes());
+                if let Some(metrics) = &mut self.fc_metrics {
+                    metrics.flush(&c, &self.api_counters);
                 }
                 ApiResponse::NoContent
             }
@@ -252,7 +278,14 @@ impl ApiService {
                 ApiResponse::NoContent
             }
             ApiRequest::PutMetrics(metrics) => {
-                self.metrics_output = Some(Sink::open(&metrics.metrics_path, "metrics")?);
+                if let Some(current) = &self.fc_metrics {
+                    // Firecracker initialises its metrics once.
+                    return Err(VmmError::Config(format!(
+                        "metrics are already configured (to {}); they can be set once",
+                        current.path()
+                    )));
+                }
+                self.fc_metrics = Some(FirecrackerMetrics::open(&metrics.metrics_path)?);
                 ApiResponse::NoContent
             }
             ApiRequest::MigrationSend(req) => {

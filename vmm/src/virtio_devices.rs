@@ -39,6 +39,12 @@ enum Model {
     Net(Arc<Mutex<Net>>),
 }
 
+/// A device's counters, by id.
+pub enum DeviceMetrics {
+    Block(String, Arc<ferry_devices::virtio::block::BlockMetrics>),
+    Net(String, Arc<ferry_devices::virtio::net::NetMetrics>),
+}
+
 /// One attached device.
 struct Attached {
     id: String,
@@ -293,6 +299,17 @@ impl VirtioDevices {
                 }
             }
         }
+    }
+
+    /// Each device's counters, for metrics in other formats (Firecracker's JSON lines).
+    pub fn device_metrics(&self) -> Vec<DeviceMetrics> {
+        self.devices
+            .iter()
+            .map(|d| match &d.model {
+                Model::Block(b) => DeviceMetrics::Block(d.id.clone(), lock(b).metrics()),
+                Model::Net(n) => DeviceMetrics::Net(d.id.clone(), lock(n).metrics()),
+            })
+            .collect()
     }
 
     /// Appends per-device counters in Prometheus text format.
