@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
 
@@ -178,4 +178,245 @@ fn logger_and_metrics_on_fifos_without_readers_answer_at_once() {
         json!({"action_type": "SendCtrlAltDel"}),
     );
     assert_eq!(vm.wait_exit(DEADLINE).code(), Some(0), "{}", vm.stderr());
+}
+
+/// A directory with a symlink named `firecracker` to the ferry binary.
+fn firecracker_symlink(dir: &Path) -> std::path::PathBuf {
+    let link = dir.join("firecracker");
+    std::os::unix::fs::symlink(common::ferry_bin(), &link).expect("symlink");
+    link
+}
+
+/// Spawns `program args…` with output in `dir/<name>.out|.err`.
+fn spawn(dir: &Path, name: &str, program: &Path, args: &[&str]) -> FerryProcess {
+    let stdout_path = dir.join(format!("{name}.out"));
+    let stderr_path = dir.join(format!("{name}.err"));
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("spawning");
+    FerryProcess {
+        child,
+        stdout_path,
+        stderr_path,
+    }
+}
+
+/// Runs `program args…` to completion (with a hang guard).
+fn run(program: &Path, args: &[&str]) -> common::RunOutput {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning");
+    common::wait_with_deadline(child, DEADLINE)
+}
+
+fn get(socket: &Path, path: &str) -> Value {
+    let (status, text) = http(socket, "GET", path, None);
+    assert_eq!(status, 200, "GET {path}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: {e}: {text}"))
+}
+
+#[test]
+fn firecracker_symlink_serves_the_getting_started_flow() {
+    let dir = TempDir::new("fc-api");
+    let firecracker = firecracker_symlink(dir.path());
+    let socket = dir.path().join("firecracker.socket");
+    let mut vm = spawn(
+        dir.path(),
+        "vm",
+        &firecracker,
+        &["--api-sock", socket.to_str().unwrap(), "--id", "fc-test-1"],
+    );
+    wait_for_socket(&socket, DEADLINE);
+    let info = get(&socket, "/");
+    assert_eq!(info["id"], "fc-test-1");
+    assert_eq!(info["state"], "Not started");
+    assert_eq!(get(&socket, "/version")["firecracker_version"], "1.7.0");
+    let probe = probe_bin();
+    ok(
+        &socket,
+        "PUT",
+        "/boot-source",
+        json!({"kernel_image_path": probe, "boot_args": "probe.test=boot"}),
+    );
+    ok(
+        &socket,
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 128}),
+    );
+    ok(
+        &socket,
+        "PUT",
+        "/actions",
+        json!({"action_type": "InstanceStart"}),
+    );
+    vm.wait_for_output("probe: done", DEADLINE);
+    // Like Firecracker, the process ends when the guest resets.
+    assert_eq!(vm.wait_exit(DEADLINE).code(), Some(0), "{}", vm.stderr());
+    let out = vm.stdout();
+    assert!(out.contains("probe: hello"), "{out}");
+    assert!(
+        out.contains("probe: boot: PASS mem_mib=127 cpus=1"),
+        "{out}"
+    );
+}
+
+fn write_config(dir: &Path, boot_args: &str) -> std::path::PathBuf {
+    let config = json!({
+        "boot-source": {"kernel_image_path": probe_bin(), "boot_args": boot_args},
+        "machine-config": {"vcpu_count": 2, "mem_size_mib": 128, "smt": false},
+        "drives": [],
+        "network-interfaces": [],
+        "metrics": {"metrics_path": dir.join("metrics.json")},
+    });
+    let path = dir.join("config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn config_file_boots_at_once_with_and_without_the_api() {
+    let dir = TempDir::new("fc-config");
+    let config = write_config(dir.path(), "probe.test=boot,smp");
+    // `ferry firecracker --no-api`: boots, and exits with the guest.
+    let out = run(
+        &common::ferry_bin(),
+        &[
+            "firecracker",
+            "--no-api",
+            "--config-file",
+            config.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.code(), Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("probe: hello"), "{}", out.stdout);
+    out.assert_pass("boot");
+    out.assert_pass("smp");
+    assert!(
+        out.stdout.contains("probe: done pass=2 fail=0"),
+        "{}",
+        out.stdout
+    );
+
+    // Through the symlink, with the API: the guest runs before any request.
+    let config = write_config(
+        dir.path(),
+        "probe.test=dirty probe.dirty_mib=1 probe.dirty_rate_mib=1",
+    );
+    let _ = std::fs::remove_file(dir.path().join("metrics.json"));
+    let firecracker = firecracker_symlink(dir.path());
+    let socket = dir.path().join("api.sock");
+    let mut vm = spawn(
+        dir.path(),
+        "vm",
+        &firecracker,
+        &[
+            "--api-sock",
+            socket.to_str().unwrap(),
+            "--config-file",
+            config.to_str().unwrap(),
+        ],
+    );
+    vm.wait_for_output("probe: dirty: running", DEADLINE);
+    wait_for_socket(&socket, DEADLINE);
+    assert_eq!(get(&socket, "/")["state"], "Running");
+    assert_eq!(
+        get(&socket, "/vm/config")["machine-config"]["vcpu_count"],
+        2
+    );
+    // The config file's metrics path is set: FlushMetrics writes a line there.
+    ok(
+        &socket,
+        "PUT",
+        "/actions",
+        json!({"action_type": "FlushMetrics"}),
+    );
+    let metrics_path = dir.path().join("metrics.json");
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&metrics_path)
+        .unwrap_or_default()
+        .contains("utc_timestamp_ms")
+    {
+        assert!(start.elapsed() < DEADLINE, "no metrics line written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok(
+        &socket,
+        "PUT",
+        "/actions",
+        json!({"action_type": "SendCtrlAltDel"}),
+    );
+    assert_eq!(vm.wait_exit(DEADLINE).code(), Some(0), "{}", vm.stderr());
+}
+
+#[test]
+fn firecracker_flags_version_and_refusals() {
+    let dir = TempDir::new("fc-flags");
+    let firecracker = firecracker_symlink(dir.path());
+    let ferry = common::ferry_bin();
+    for out in [
+        run(&firecracker, &["--version"]),
+        run(&ferry, &["firecracker", "--version"]),
+    ] {
+        assert_eq!(out.code(), Some(0), "{}", out.stderr);
+        let line = out.stdout.lines().next().unwrap_or_default();
+        // Kata Containers reads the second space-separated word as the version.
+        assert_eq!(line.split(' ').nth(1), Some("v1.7.0"), "{line}");
+        assert!(line.starts_with("Firecracker v1.7.0 (ferry "), "{line}");
+    }
+    let cases: [(&Path, &[&str], i32, &str); 6] = [
+        (
+            &firecracker,
+            &["--bogus"],
+            153,
+            "unknown argument '--bogus'",
+        ),
+        (&ferry, &["firecracker", "--bogus"], 153, "unknown argument"),
+        (
+            &firecracker,
+            &["--no-api"],
+            153,
+            "--no-api requires --config-file",
+        ),
+        (
+            &ferry,
+            &["firecracker", "--no-api"],
+            153,
+            "requires --config-file",
+        ),
+        (
+            &firecracker,
+            &["--seccomp-filter", "/f"],
+            1,
+            "not supported",
+        ),
+        (&firecracker, &["--level", "loud"], 152, "--level"),
+    ];
+    for (program, args, code, needle) in cases {
+        let out = run(program, args);
+        assert_eq!(out.code(), Some(code), "{args:?}: {}", out.stderr);
+        assert!(
+            out.error_line().contains(needle),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let missing = dir.path().join("missing.json");
+    let out = run(
+        &firecracker,
+        &["--no-api", "--config-file", missing.to_str().unwrap()],
+    );
+    assert_eq!(out.code(), Some(152), "{}", out.stderr);
+    assert!(out.error_line().contains("config file"), "{}", out.stderr);
+    let out = run(&firecracker, &["--help"]);
+    assert_eq!(out.code(), Some(0));
+    assert!(out.stdout.contains("--api-sock"), "{}", out.stdout);
 }

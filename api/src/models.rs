@@ -547,7 +547,8 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
-    fn parse(text: &str) -> Result<Self, String> {
+    /// Parses a level name, in any case (`Warning` or `Warn` for warnings), as Firecracker does.
+    pub fn parse(text: &str) -> Result<Self, String> {
         Ok(match text.to_ascii_lowercase().as_str() {
             "off" => Self::Off,
             "error" => Self::Error,

@@ -33,6 +33,17 @@ pub enum Command {
     Receive(ReceiveArgs),
     /// Control a running ferry through its API socket.
     Ctl(ferry_api::CtlArgs),
+    /// Take Firecracker's command line (`--api-sock`, `--config-file`, `--no-api`, …), as when
+    /// started through a symlink named `firecracker`; `ferry firecracker --help` lists it.
+    #[command(disable_help_flag = true)]
+    Firecracker(FirecrackerArgs),
+}
+
+/// Firecracker's arguments, parsed by [`crate::firecracker_cli`].
+#[derive(Debug, Args)]
+pub struct FirecrackerArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod controller;
 pub mod error;
 pub mod event_loop;
+pub mod firecracker_cli;
 pub mod kvm;
 pub mod logger;
 pub mod memory;

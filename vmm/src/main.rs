@@ -14,15 +14,25 @@ use ferry_vmm::builder::BuildOptions;
 use ferry_vmm::cli::{serial_config, Cli, Command, ReceiveArgs, RunArgs};
 use ferry_vmm::controller::VmController;
 use ferry_vmm::event_loop::RawTerminal;
+use ferry_vmm::firecracker_cli;
 use ferry_vmm::migration::destination::{receive as receive_migration, ReceiveOptions};
 use ferry_vmm::{snapshot, VmmError};
 
 fn main() -> ExitCode {
+    // Started as `firecracker` (a symlink): Firecracker's command line.
+    let mut argv = std::env::args();
+    if argv
+        .next()
+        .is_some_and(|a| firecracker_cli::invoked_as_firecracker(&a))
+    {
+        return ExitCode::from(firecracker_cli::main(&argv.collect::<Vec<_>>()));
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Receive(args) => receive(args),
         Command::Ctl(args) => ctl(args),
+        Command::Firecracker(args) => return ExitCode::from(firecracker_cli::main(&args.args)),
     };
     match result {
         Ok(status) => ExitCode::from(status),
