@@ -305,6 +305,14 @@ fn config_file_boots_at_once_with_and_without_the_api() {
         "{}",
         out.stdout
     );
+    // As Firecracker does, a last metrics line when the guest ends.
+    let metrics = std::fs::read_to_string(dir.path().join("metrics.json")).unwrap_or_default();
+    let last: Value = serde_json::from_str(metrics.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {metrics}"));
+    assert!(
+        last["vcpu"]["exit_io_out"].as_u64().is_some_and(|n| n > 0),
+        "{metrics}"
+    );
 
     // Through the symlink, with the API: the guest runs before any request.
     let config = write_config(
@@ -416,6 +424,27 @@ fn firecracker_flags_version_and_refusals() {
     );
     assert_eq!(out.code(), Some(152), "{}", out.stderr);
     assert!(out.error_line().contains("config file"), "{}", out.stderr);
+    // Snapshot data format versions.
+    let out = run(&firecracker, &["--snapshot-version"]);
+    assert_eq!(out.stdout.trim(), "v1.0.0", "{}", out.stderr);
+    let state = dir.path().join("vmstate");
+    std::fs::write(&state, r#"{"version": 1, "config": {}}"#).unwrap();
+    let out = run(
+        &ferry,
+        &[
+            "firecracker",
+            "--describe-snapshot",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "v1.0.0");
+    let out = run(
+        &firecracker,
+        &["--describe-snapshot", missing.to_str().unwrap()],
+    );
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(out.error_line().contains("missing.json"), "{}", out.stderr);
     let out = run(&firecracker, &["--help"]);
     assert_eq!(out.code(), Some(0));
     assert!(out.stdout.contains("--api-sock"), "{}", out.stdout);

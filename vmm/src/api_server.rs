@@ -25,6 +25,10 @@ use crate::{snapshot, VmmError};
 /// How long the process stays up after answering a request that ended the guest.
 const ANSWER_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Longest the process waits at exit for metrics and log lines to reach their paths (only a
+/// full FIFO that nobody reads makes it wait that long).
+pub const EXIT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Process exit status when a migration ended in doubt (see docs/migration.md).
 pub const EXIT_IN_DOUBT: u8 = 3;
 
@@ -93,13 +97,16 @@ impl ApiService {
             }
         };
         loop {
-            if let Some(status) = *lock(&self.finished) {
+            let finished = *lock(&self.finished);
+            if let Some(status) = finished {
+                self.flush_at_exit();
                 linger(last_answer);
                 return Ok(status);
             }
             let exit = lock(&self.controller).exit_code().cloned();
             if let Some(code) = exit.as_ref().and_then(|e| e.get()) {
                 lock(&self.controller).stop();
+                self.flush_at_exit();
                 linger(last_answer);
                 return Ok(u8::try_from(code).unwrap_or(1));
             }
@@ -131,6 +138,16 @@ impl ApiService {
                 }
             }
         }
+    }
+
+    /// As Firecracker does when the VM ends: a last metrics line, and a bounded wait for it and
+    /// the log to reach their paths.
+    fn flush_at_exit(&mut self) {
+        if let Some(metrics) = self.fc_metrics.as_mut() {
+            metrics.flush(&lock(&self.controller), &self.api_counters);
+            metrics.drain(EXIT_DRAIN);
+        }
+        crate::logger::drain(EXIT_DRAIN);
     }
 
     fn handle(&mut self, request: ApiRequest) -> ApiResponse {

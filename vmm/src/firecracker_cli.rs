@@ -600,6 +600,12 @@ fn run_without_api(
     loop {
         if let Some(code) = exit.get() {
             controller.stop();
+            // As Firecracker does when the VM ends: a last metrics line.
+            if let Some(metrics) = metrics.as_mut() {
+                metrics.flush(&controller, &api);
+                metrics.drain(crate::api_server::EXIT_DRAIN);
+            }
+            crate::logger::drain(crate::api_server::EXIT_DRAIN);
             return Ok(u8::try_from(code).unwrap_or(EXIT_GENERIC));
         }
         if let Some(metrics) = metrics.as_mut().filter(|m| m.due()) {

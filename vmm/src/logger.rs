@@ -114,6 +114,17 @@ pub fn configure(config: &LoggerConfig) -> Result<(), VmmError> {
     Ok(())
 }
 
+/// Waits up to `timeout` for the log lines written so far to reach the configured log path
+/// (before the process exits).
+pub fn drain(timeout: std::time::Duration) {
+    if let Some(logger) = LOGGER.get() {
+        let out = logger.output.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(out) = out.as_ref() {
+            out.sink.drain(timeout);
+        }
+    }
+}
+
 /// Lines dropped because the log output could not keep up (Firecracker's
 /// `logger.missed_log_count`).
 pub fn missed_lines() -> u64 {

@@ -241,6 +241,11 @@ impl FirecrackerMetrics {
         self.startup = startup;
     }
 
+    /// Waits up to `timeout` for the lines written so far to reach the path.
+    pub fn drain(&self, timeout: std::time::Duration) -> bool {
+        self.sink.drain(timeout)
+    }
+
     /// Whether the periodic flush is due.
     pub fn due(&self) -> bool {
         self.last_flush.elapsed() >= FLUSH_PERIOD

@@ -14,7 +14,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use crate::VmmError;
 
@@ -28,6 +29,9 @@ pub struct Sink {
     lines: SyncSender<Vec<u8>>,
     missed: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    /// Lines queued so far, and (with a wake-up) lines the writer thread is done with.
+    queued: AtomicU64,
+    done: Arc<(Mutex<u64>, Condvar)>,
 }
 
 impl Sink {
@@ -44,6 +48,8 @@ impl Sink {
         let (lines, queue) = sync_channel::<Vec<u8>>(QUEUE_LINES);
         let failed = Arc::new(AtomicU64::new(0));
         let thread_failed = failed.clone();
+        let done = Arc::new((Mutex::new(0u64), Condvar::new()));
+        let thread_done = done.clone();
         std::thread::Builder::new()
             .name(format!("ferry_{what}"))
             .spawn(move || {
@@ -51,6 +57,9 @@ impl Sink {
                     if write_all(&file, &line).is_err() {
                         thread_failed.fetch_add(1, Ordering::Relaxed);
                     }
+                    let (count, wake) = &*thread_done;
+                    *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    wake.notify_all();
                 }
             })
             .map_err(VmmError::io(format!("spawning the {what} writer thread")))?;
@@ -59,6 +68,8 @@ impl Sink {
             lines,
             missed: Arc::new(AtomicU64::new(0)),
             failed,
+            queued: AtomicU64::new(0),
+            done,
         })
     }
 
@@ -73,11 +84,26 @@ impl Sink {
             line.push(b'\n');
         }
         match self.lines.try_send(line) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.missed.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Waits up to `timeout` for the lines queued so far to be written (before the process
+    /// exits); returns whether they were. A FIFO nobody reads may hold them back: then it gives
+    /// up.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let target = self.queued.load(Ordering::Relaxed);
+        let (count, wake) = &*self.done;
+        let guard = count.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = wake
+            .wait_timeout_while(guard, timeout, |done| *done < target)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard >= target
     }
 
     /// Lines dropped because the queue was full.
@@ -148,6 +174,7 @@ mod tests {
         std::fs::write(&path, "old\n").unwrap();
         let sink = Sink::open(path.to_str().unwrap(), "test").unwrap();
         sink.send(b"new".to_vec());
+        assert!(sink.drain(std::time::Duration::from_secs(60)));
         drop(sink);
         // The writer thread ends once the queue is drained and closed.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
