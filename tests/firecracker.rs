@@ -370,8 +370,12 @@ fn firecracker_flags_version_and_refusals() {
     let dir = TempDir::new("fc-flags");
     let firecracker = firecracker_symlink(dir.path());
     let ferry = common::ferry_bin();
+    // A release-style name, as the jailer executes it, works too.
+    let release = dir.path().join("firecracker-v1.7.0-x86_64");
+    std::os::unix::fs::symlink(&ferry, &release).expect("symlink");
     for out in [
         run(&firecracker, &["--version"]),
+        run(&release, &["--version"]),
         run(&ferry, &["firecracker", "--version"]),
     ] {
         assert_eq!(out.code(), Some(0), "{}", out.stderr);

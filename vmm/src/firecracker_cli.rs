@@ -180,11 +180,14 @@ pub fn version_line() -> String {
     )
 }
 
-/// True when this process was started under the name `firecracker` (e.g. through a symlink).
+/// True when this process was started under a Firecracker name: a file name containing
+/// `firecracker` (a symlink `firecracker`, or a release-style `firecracker-v1.7.0-x86_64`), the
+/// same rule Firecracker's jailer applies to the binary it copies into the jail and executes.
 pub fn invoked_as_firecracker(argv0: &str) -> bool {
     Path::new(argv0)
         .file_name()
-        .is_some_and(|name| name == "firecracker")
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.contains("firecracker"))
 }
 
 fn parse_number(flag: &str, value: &str) -> Result<u64, FcError> {
@@ -754,7 +757,10 @@ mod tests {
         assert!(invoked_as_firecracker("/usr/bin/firecracker"));
         assert!(invoked_as_firecracker("firecracker"));
         assert!(!invoked_as_firecracker("/usr/bin/ferry"));
-        assert!(!invoked_as_firecracker("firecracker-v1.7.0"));
+        assert!(invoked_as_firecracker(
+            "/srv/jail/firecracker-v1.7.0-x86_64"
+        ));
+        assert!(!invoked_as_firecracker("/opt/firecracker/bin/ferry"));
     }
 
     #[test]
