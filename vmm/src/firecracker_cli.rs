@@ -154,7 +154,7 @@ Firecracker-compatible command line of ferry (started as `firecracker` or `ferry
   --no-api                          no API socket (needs --config-file); exit with the guest
   --level LEVEL                     log level: Off, Error, Warning, Info, Debug, Trace
   --log-path PATH                   log to this file or FIFO (Firecracker's line format)
-  --module MODULE                   accepted, ignored
+  --module MODULE                   log only this module path (e.g. ferry_vmm::vcpu)
   --show-level, --show-log-origin   add the level / file:line to log lines
   --metrics-path PATH               write Firecracker's JSON metrics lines to this file or FIFO
   --boot-timer                      accepted, no effect (ferry has no boot-timer device)
@@ -514,7 +514,7 @@ fn run(fc: &FcArgs) -> Result<u8, FcError> {
             .unwrap_or(log::LevelFilter::Warn),
     );
     crate::logger::set_instance_id(&fc.id);
-    if fc.log_path.is_some() {
+    if fc.log_path.is_some() || fc.module.is_some() {
         crate::logger::configure(&LoggerConfig {
             log_path: fc.log_path.clone(),
             level: fc.level,

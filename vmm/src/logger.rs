@@ -25,6 +25,8 @@ struct FerryLogger {
     stderr: env_logger::Logger,
     output: RwLock<Option<FileOutput>>,
     instance_id: RwLock<String>,
+    /// Only records from this module path (and its submodules) are logged.
+    module: RwLock<Option<String>>,
 }
 
 static LOGGER: OnceLock<FerryLogger> = OnceLock::new();
@@ -36,6 +38,10 @@ impl log::Log for FerryLogger {
 
     fn log(&self, record: &log::Record) {
         if !self.enabled(record.metadata()) {
+            return;
+        }
+        let module = self.module.read().unwrap_or_else(|p| p.into_inner());
+        if !module_matches(module.as_deref(), record.module_path()) {
             return;
         }
         let output = self.output.read().unwrap_or_else(|p| p.into_inner());
@@ -63,6 +69,7 @@ pub fn init(level: log::LevelFilter) {
             .build(),
         output: RwLock::new(None),
         instance_id: RwLock::new(DEFAULT_INSTANCE_ID.to_string()),
+        module: RwLock::new(None),
     });
     let _ = log::set_logger(logger);
     log::set_max_level(level);
@@ -96,6 +103,9 @@ pub fn configure(config: &LoggerConfig) -> Result<(), VmmError> {
     let Some(logger) = LOGGER.get() else {
         return Ok(());
     };
+    if let Some(module) = &config.module {
+        *logger.module.write().unwrap_or_else(|p| p.into_inner()) = Some(module.clone());
+    }
     let mut current = logger.output.write().unwrap_or_else(|p| p.into_inner());
     match output {
         Some(output) => *current = Some(output),
@@ -146,6 +156,21 @@ pub fn failed_lines() -> u64 {
             out.as_ref().map(|o| o.sink.failed())
         })
         .unwrap_or(0)
+}
+
+/// Whether a record from `path` passes the module filter `module` (a module path such as
+/// `ferry_vmm::api_server`; its submodules pass too).
+fn module_matches(module: Option<&str>, path: Option<&str>) -> bool {
+    match (module, path) {
+        (None, _) => true,
+        (Some(module), Some(path)) => {
+            path == module
+                || path
+                    .strip_prefix(module)
+                    .is_some_and(|rest| rest.starts_with("::"))
+        }
+        (Some(_), None) => false,
+    }
 }
 
 /// The `log` filter for an API log level.
@@ -220,6 +245,25 @@ mod tests {
             "2026-11-18T11:06:40.000000005"
         );
         assert_eq!(format_utc(951_782_400, 0), "2000-02-29T00:00:00.000000000");
+    }
+
+    #[test]
+    fn module_filter() {
+        assert!(module_matches(None, Some("ferry_vmm::vcpu")));
+        assert!(module_matches(Some("ferry_vmm"), Some("ferry_vmm::vcpu")));
+        assert!(module_matches(
+            Some("ferry_vmm::vcpu"),
+            Some("ferry_vmm::vcpu")
+        ));
+        assert!(!module_matches(
+            Some("ferry_vmm::vcpu"),
+            Some("ferry_vmm::vcpus")
+        ));
+        assert!(!module_matches(
+            Some("ferry_devices"),
+            Some("ferry_vmm::vcpu")
+        ));
+        assert!(!module_matches(Some("ferry_vmm"), None));
     }
 
     #[test]
