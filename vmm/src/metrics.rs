@@ -309,7 +309,7 @@ impl FirecrackerMetrics {
             out.insert(component.into(), Value::Object(object));
         }
         let mut block_total = [0u64; 5];
-        let mut net_total = [0u64; 6];
+        let mut net_total = [0u64; 8];
         const BLOCK: [&str; 5] = [
             "read_bytes",
             "write_bytes",
@@ -317,13 +317,15 @@ impl FirecrackerMetrics {
             "execute_fails",
             "rate_limiter_throttled_events",
         ];
-        const NET: [&str; 6] = [
+        const NET: [&str; 8] = [
             "rx_bytes_count",
             "rx_packets_count",
             "rx_fails",
+            "rx_rate_limiter_throttled",
             "tx_bytes_count",
             "tx_packets_count",
             "tx_fails",
+            "tx_rate_limiter_throttled",
         ];
         let devices = controller
             .virtio()
@@ -353,9 +355,11 @@ impl FirecrackerMetrics {
                         get(&m.rx_bytes),
                         get(&m.rx_frames),
                         get(&m.rx_dropped),
+                        get(&m.rx_throttled),
                         get(&m.tx_bytes),
                         get(&m.tx_frames),
                         get(&m.tx_dropped),
+                        get(&m.tx_throttled),
                     ];
                     for (t, v) in net_total.iter_mut().zip(values) {
                         *t += v;
