@@ -279,3 +279,77 @@ fn bad_disks_are_clear_errors() {
         out.stderr
     );
 }
+
+/// With ACPI (the default) the guest finds the disk in the DSDT, not on the command line, and
+/// powers off through the FADT's sleep control register, which ends ferry with status 0.
+#[test]
+fn acpi_describes_the_disk_and_powers_the_guest_off() {
+    let dir = TempDir::new("blk-acpi");
+    let (path, _) = disk_file(dir.path(), "disk.img", 1 << 20);
+    let arg = disk_arg(&path, "");
+    let out = run_probe(
+        "probe.test=info,blk,poweroff",
+        &["--disk", &arg, "--log-level", "info"],
+        DEADLINE,
+    );
+    out.assert_pass("info");
+    out.assert_pass("blk");
+    out.assert_pass("poweroff");
+    assert_eq!(
+        out.probe_value("info", "virtio_source").as_deref(),
+        Some("dsdt")
+    );
+    assert_eq!(
+        out.probe_value("info", "virtio_devices").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        out.probe_value("info", "acpi_power_off").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        out.probe_value("poweroff", "port").as_deref(),
+        Some("0x600")
+    );
+    assert!(!out.stdout.contains("probe: done"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("guest powered off through ACPI (S5)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+}
+
+/// `--acpi off`: no tables, the devices are on the command line (kernels without ACPI), and
+/// there is no ACPI way to power off.
+#[test]
+fn acpi_off_announces_the_disk_on_the_command_line() {
+    let dir = TempDir::new("blk-noacpi");
+    let (path, _) = disk_file(dir.path(), "disk.img", 1 << 20);
+    let arg = disk_arg(&path, "");
+    let out = run_probe(
+        "probe.test=info,blk,poweroff",
+        &["--acpi", "off", "--disk", &arg],
+        DEADLINE,
+    );
+    out.assert_pass("info");
+    out.assert_pass("blk");
+    assert_eq!(
+        out.probe_value("info", "virtio_source").as_deref(),
+        Some("cmdline")
+    );
+    assert_eq!(
+        out.probe_value("info", "acpi_power_off").as_deref(),
+        Some("0")
+    );
+    assert!(
+        out.stdout.contains("probe: poweroff: FAIL"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.code(),
+        Some(1),
+        "the failed poweroff test ends the run with 1"
+    );
+}

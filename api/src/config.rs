@@ -19,6 +19,15 @@ pub struct MachineConfig {
     pub smt: bool,
     #[serde(default)]
     pub track_dirty_pages: bool,
+    /// ferry extension: describe the machine to the guest with ACPI tables (devices, power off).
+    /// Off: only the MP table and `virtio_mmio.device=` on the command line, for kernels built
+    /// without ACPI.
+    #[serde(default = "acpi_default")]
+    pub acpi: bool,
+}
+
+fn acpi_default() -> bool {
+    true
 }
 
 impl Default for MachineConfig {
@@ -28,6 +37,7 @@ impl Default for MachineConfig {
             mem_size_mib: DEFAULT_MEM_MIB,
             smt: false,
             track_dirty_pages: false,
+            acpi: true,
         }
     }
 }

@@ -64,6 +64,9 @@ pub(crate) struct MachineConfigBody {
     cpu_template: Option<String>,
     #[serde(default)]
     huge_pages: Option<String>,
+    /// ferry extension (default true).
+    #[serde(default)]
+    acpi: Option<bool>,
 }
 
 impl MachineConfigBody {
@@ -75,6 +78,7 @@ impl MachineConfigBody {
             mem_size_mib: self.mem_size_mib,
             smt: self.smt,
             track_dirty_pages: self.track_dirty_pages,
+            acpi: self.acpi.unwrap_or(true),
         };
         config.validate()?;
         Ok(config)
@@ -93,6 +97,9 @@ pub struct MachineConfigUpdate {
     pub smt: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub track_dirty_pages: Option<bool>,
+    /// ferry extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acpi: Option<bool>,
     #[serde(default, skip_serializing)]
     cpu_template: Option<String>,
     #[serde(default, skip_serializing)]
@@ -108,6 +115,7 @@ impl MachineConfigUpdate {
             && self.mem_size_mib.is_none()
             && self.smt.is_none()
             && self.track_dirty_pages.is_none()
+            && self.acpi.is_none()
         {
             return Err("empty PATCH request: give at least one machine-config field".into());
         }
@@ -115,8 +123,7 @@ impl MachineConfigUpdate {
         let probe = MachineConfig {
             vcpu_count: self.vcpu_count.unwrap_or(1),
             mem_size_mib: self.mem_size_mib.unwrap_or(1),
-            smt: false,
-            track_dirty_pages: false,
+            ..MachineConfig::default()
         };
         probe.validate()
     }
@@ -129,6 +136,7 @@ impl MachineConfigUpdate {
             mem_size_mib: self.mem_size_mib.unwrap_or(current.mem_size_mib),
             smt: self.smt.unwrap_or(current.smt),
             track_dirty_pages: self.track_dirty_pages.unwrap_or(current.track_dirty_pages),
+            acpi: self.acpi.unwrap_or(current.acpi),
         };
         next.validate()?;
         Ok(next)

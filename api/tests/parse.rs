@@ -116,7 +116,22 @@ fn machine_config() {
             vcpu_count: 2,
             mem_size_mib: 512,
             smt: true,
-            track_dirty_pages: true
+            track_dirty_pages: true,
+            acpi: true,
+        })
+    );
+    assert_eq!(
+        ok(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 128, "acpi": false}"#
+        ),
+        ApiRequest::PutMachineConfig(MachineConfig {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            smt: false,
+            track_dirty_pages: false,
+            acpi: false,
         })
     );
     assert_eq!(
@@ -129,7 +144,8 @@ fn machine_config() {
             vcpu_count: 1,
             mem_size_mib: 128,
             smt: false,
-            track_dirty_pages: false
+            track_dirty_pages: false,
+            acpi: true,
         })
     );
     for body in [
@@ -146,6 +162,7 @@ fn machine_config() {
         r#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2"}"#,
         r#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#,
         r#"{"vcpu_count": 1, "mem_size_mib": 128, "bogus": 1}"#,
+        r#"{"vcpu_count": 1, "mem_size_mib": 128, "acpi": "off"}"#,
         r#"{"mem_size_mib": 128}"#,
     ] {
         assert_eq!(status("PUT", "/machine-config", body), 400, "{body}");
@@ -154,6 +171,7 @@ fn machine_config() {
         ApiRequest::PatchMachineConfig(update) => {
             let next = update.apply(&MachineConfig::default()).expect("apply");
             assert_eq!((next.vcpu_count, next.mem_size_mib), (1, 1024));
+            assert!(next.acpi, "PATCH keeps ACPI as it was");
             let smt = MachineConfig {
                 vcpu_count: 3,
                 ..MachineConfig::default()

@@ -195,6 +195,7 @@ pub fn write_pvh_info(
     mem_size: u64,
     cmdline_len: usize,
     initrd: Option<LoadedInitrd>,
+    rsdp: Option<u64>,
 ) -> Result<(), BootError> {
     let map = e820_map(mem_size);
     if map.len() > PVH_MEMMAP_MAX_ENTRIES {
@@ -215,6 +216,7 @@ pub fn write_pvh_info(
         cmdline_paddr: if cmdline_len > 0 { CMDLINE_ADDR } else { 0 },
         memmap_paddr: PVH_MEMMAP_ADDR,
         memmap_entries: map.len() as u32,
+        rsdp_paddr: rsdp.unwrap_or(0),
         ..Default::default()
     };
     if let Some(initrd) = initrd {
@@ -249,6 +251,7 @@ pub fn write_zero_page(
     cmdline_len: usize,
     setup: Option<setup_header>,
     initrd: Option<LoadedInitrd>,
+    rsdp: Option<u64>,
 ) -> Result<(), BootError> {
     // SAFETY: boot_params is POD; all-zero is its documented initial state.
     let mut params: boot_params = unsafe { std::mem::zeroed() };
@@ -256,6 +259,8 @@ pub fn write_zero_page(
         params.hdr = hdr;
     }
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
+    // Read by Linux from boot protocol 2.14 on; older kernels scan the BIOS area and find it too.
+    params.acpi_rsdp_addr = rsdp.unwrap_or(0);
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
     params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
@@ -354,11 +359,13 @@ mod tests {
                 addr: 0x300_0000,
                 size: 5,
             }),
+            Some(0xe0000),
         )
         .unwrap();
         let info: StartInfo = m.read_obj(GuestAddress(PVH_INFO_ADDR)).unwrap();
         let info = info.0;
         assert_eq!(info.magic, PVH_MAGIC);
+        assert_eq!({ info.rsdp_paddr }, 0xe0000);
         assert_eq!(info.cmdline_paddr, CMDLINE_ADDR);
         assert_eq!(info.memmap_entries as usize, e820_map(64 << 20).len());
         assert_eq!(info.nr_modules, 1);
@@ -375,9 +382,10 @@ mod tests {
     #[test]
     fn zero_page_carries_e820_and_cmdline() {
         let m = mem(64 << 20);
-        write_zero_page(&m, 64 << 20, 20, None, None).unwrap();
+        write_zero_page(&m, 64 << 20, 20, None, None, Some(0xe0000)).unwrap();
         let zp: ZeroPage = m.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
         let p = zp.0;
+        assert_eq!({ p.acpi_rsdp_addr }, 0xe0000);
         assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_ADDR as u32);
         assert_eq!({ p.hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
         assert_eq!(p.e820_entries as usize, e820_map(64 << 20).len());

@@ -6,7 +6,8 @@
 //! 0x0000_6000  PVH hvm_start_info      0x0000_b000  4 page directories (identity map of 4 GiB)
 //! 0x0000_6040  PVH memory map          0x0002_0000  kernel command line
 //! 0x0000_7000  zero page (boot_params) 0x0009_fc00  EBDA: MP table
-//! 0x0000_8ff0  boot stack (grows down) 0x0010_0000  kernel (high memory start)
+//! 0x0000_8ff0  boot stack (grows down) 0x000e_0000  ACPI: RSDP, DSDT, FADT, MADT, XSDT
+//!                                      0x0010_0000  kernel (high memory start)
 //! 0xc000_0000 .. 0x1_0000_0000: MMIO hole (virtio-mmio devices, IOAPIC, LAPIC, TSS)
 //! 0x1_0000_0000 ..: RAM above the hole when the guest has more than 3 GiB
 //! ```
@@ -36,6 +37,8 @@ pub const CMDLINE_MAX_SIZE: usize = 4096;
 pub const EBDA_START: u64 = 0x9fc00;
 pub const MPTABLE_ADDR: u64 = EBDA_START;
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
+/// The BIOS area below 1 MiB that holds the ACPI tables (`crate::acpi`).
+pub const BIOS_AREA_START: u64 = 0xe_0000;
 
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const MMIO_HOLE_END: u64 = 1 << 32;
@@ -84,8 +87,9 @@ pub struct E820Entry {
     pub kind: u32,
 }
 
-/// The guest memory map: low RAM up to the EBDA, the EBDA reserved, RAM from 1 MiB to the end of
-/// the first region, then RAM above 4 GiB if any.
+/// The guest memory map: low RAM up to the EBDA, the EBDA reserved, the BIOS area (where the
+/// ACPI tables are) reserved, RAM from 1 MiB to the end of the first region, then RAM above 4 GiB
+/// if any.
 pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
     let mut map = vec![
         E820Entry {
@@ -96,6 +100,11 @@ pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
         E820Entry {
             addr: EBDA_START,
             size: 0xa0000 - EBDA_START,
+            kind: E820_RESERVED,
+        },
+        E820Entry {
+            addr: BIOS_AREA_START,
+            size: HIGH_MEMORY_START - BIOS_AREA_START,
             kind: E820_RESERVED,
         },
     ];

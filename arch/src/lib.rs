@@ -3,6 +3,7 @@
 //!
 //! Nothing here touches devices or threads; the VMM calls these pieces in order while building a VM.
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod gdt;

@@ -11,13 +11,14 @@ use vmm_sys_util::eventfd::EventFd;
 use ferry_api::{DriveConfig, SerialOutput as SerialOutputConfig, VmConfig, DEFAULT_CMDLINE};
 use ferry_arch::boot::{self, BootPreference, LoadedInitrd};
 use ferry_arch::cpuid::{filter_cpuid, CpuFeature};
+use ferry_arch::layout::{virtio_mmio_addr, VIRTIO_IRQ_FIRST, VIRTIO_MMIO_SIZE};
 use ferry_arch::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MPTABLE_ADDR, SERIAL_IRQ};
 use ferry_arch::regs::{self, BootProtocol};
-use ferry_arch::{mptable, GuestMemory};
+use ferry_arch::{acpi, mptable, GuestMemory};
 use ferry_devices::bus::Bus;
 use ferry_devices::legacy::{
-    ExitCode, ExitDevice, Serial, SerialOutput, COM1_PORT, COM_PORT_LEN, I8042, I8042_PORT_BASE,
-    I8042_PORT_LEN,
+    AcpiPm, ExitCode, ExitDevice, Serial, SerialOutput, ACPI_PM_PORT, ACPI_PM_PORT_LEN, COM1_PORT,
+    COM_PORT_LEN, I8042, I8042_PORT_BASE, I8042_PORT_LEN,
 };
 use vm_memory::Bytes;
 
@@ -180,6 +181,13 @@ fn build_rest(
         u64::from(I8042_PORT_BASE),
         u64::from(I8042_PORT_LEN),
     )?;
+    if config.machine.acpi {
+        pio.insert(
+            Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
+            u64::from(ACPI_PM_PORT),
+            ACPI_PM_PORT_LEN,
+        )?;
+    }
     if let Some(port) = config.exit_device_port {
         pio.insert(
             Arc::new(Mutex::new(ExitDevice::new(exit.clone()))),
@@ -192,7 +200,7 @@ fn build_rest(
         subscribers.push(Arc::new(Mutex::new(SerialInput::new(serial.clone()))));
     }
 
-    // virtio devices, announced on the command line.
+    // virtio devices, announced in the DSDT or on the command line.
     let mut mmio = Bus::new();
     let virtio = attach_virtio_devices(config, vm, memory, &mut mmio)?;
     subscribers.extend(virtio.subscribers());
@@ -320,19 +328,54 @@ fn load_boot(
         None => None,
     };
     let user_args = config.boot.as_ref().and_then(|b| b.boot_args.as_deref());
-    let cmdline = build_cmdline(user_args, &virtio.cmdline_entries(), config.root_drive());
+    // Devices are announced once: in the DSDT with ACPI, else on the command line.
+    let (rsdp, device_entries) = if config.machine.acpi {
+        let rsdp = write_acpi_tables(memory, config.machine.vcpu_count, virtio)?;
+        (Some(rsdp), Vec::new())
+    } else {
+        (None, virtio.cmdline_entries())
+    };
+    let cmdline = build_cmdline(user_args, &device_entries, config.root_drive());
     boot::write_cmdline(memory, &cmdline)?;
     match loaded.protocol {
-        BootProtocol::Pvh => boot::write_pvh_info(memory, mem_size, cmdline.len(), initrd)?,
-        BootProtocol::Linux64 => {
-            boot::write_zero_page(memory, mem_size, cmdline.len(), loaded.setup_header, initrd)?
-        }
+        BootProtocol::Pvh => boot::write_pvh_info(memory, mem_size, cmdline.len(), initrd, rsdp)?,
+        BootProtocol::Linux64 => boot::write_zero_page(
+            memory,
+            mem_size,
+            cmdline.len(),
+            loaded.setup_header,
+            initrd,
+            rsdp,
+        )?,
     }
     regs::write_boot_tables(memory, loaded.protocol)?;
     Ok(BootEntry {
         entry: loaded.entry,
         protocol: loaded.protocol,
     })
+}
+
+/// Writes the ACPI tables for `cpus` vCPUs and the attached virtio devices; returns the RSDP's
+/// address.
+fn write_acpi_tables(
+    memory: &GuestMemory,
+    cpus: u8,
+    virtio: &VirtioDevices,
+) -> Result<u64, VmmError> {
+    let devices: Vec<acpi::MmioDevice> = (0..virtio.cmdline_entries().len() as u32)
+        .map(|index| acpi::MmioDevice {
+            base: virtio_mmio_addr(index),
+            size: VIRTIO_MMIO_SIZE,
+            irq: VIRTIO_IRQ_FIRST + index,
+        })
+        .collect();
+    let tables = acpi::build(cpus, &devices).map_err(|e| VmmError::Config(e.to_string()))?;
+    for (addr, bytes) in &tables.blobs {
+        memory
+            .write_slice(bytes, vm_memory::GuestAddress(*addr))
+            .map_err(|e| VmmError::Device(format!("writing the ACPI tables: {e}")))?;
+    }
+    Ok(tables.rsdp_addr)
 }
 
 /// ferry's defaults, then the virtio devices, then the user's text, then, for a root drive, what

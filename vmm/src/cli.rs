@@ -121,6 +121,11 @@ pub struct RunArgs {
     /// Boot protocol.
     #[arg(long, value_enum, default_value_t = BootArg::Auto)]
     pub boot: BootArg,
+    /// ACPI tables (devices, power off): `on` (default) or `off` (MP table and
+    /// `virtio_mmio.device=` command-line entries only, for kernels built without ACPI).
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_acpi,
+          action = clap::ArgAction::Set)]
+    pub acpi: bool,
     /// CPUID features to hide from the guest, comma-separated (e.g. `avx512f,avx2`).
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_cpu_feature)]
     pub cpu_hide: Vec<&'static CpuFeature>,
@@ -150,6 +155,7 @@ impl RunArgs {
             machine: MachineConfig {
                 vcpu_count: self.cpus,
                 mem_size_mib: self.memory,
+                acpi: self.acpi,
                 ..Default::default()
             },
             boot: self.kernel.as_ref().map(|kernel| BootSource {
@@ -217,6 +223,10 @@ fn key_values(text: &str) -> Result<Vec<(&str, &str)>, String> {
                 .ok_or_else(|| format!("'{part}' in '{text}' is not key=value"))
         })
         .collect()
+}
+
+fn parse_acpi(value: &str) -> Result<bool, String> {
+    on_off("--acpi", value)
 }
 
 fn on_off(key: &str, value: &str) -> Result<bool, String> {

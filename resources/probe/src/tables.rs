@@ -1,8 +1,9 @@
-//! Processor discovery from firmware tables: the Intel MultiProcessor Specification 1.4 table
-//! (floating pointer `_MP_` + configuration table `PCMP`) and the ACPI MADT (`APIC`) reached
-//! from the RSDP.
+//! Discovery from firmware tables: processors from the Intel MultiProcessor Specification 1.4
+//! table (floating pointer `_MP_` + configuration table `PCMP`) or the ACPI MADT (`APIC`), and
+//! virtio-mmio devices from the ACPI DSDT (`LNRO0005` devices), both reached from the RSDP.
 
 use crate::bootinfo::{u16_at, u32_at, u64_at, PhysMem};
+use crate::cmdline::VirtioMmioDev;
 
 /// Most CPUs recorded.
 pub const MAX_CPUS: usize = 256;
@@ -189,24 +190,20 @@ fn acpi_table<'m>(mem: &'m dyn PhysMem, addr: u64, sig: Option<&[u8]>) -> Option
     checksum_ok(t).then_some(t)
 }
 
-/// Follows the RSDP at `rsdp` to the XSDT (revision >= 2) or RSDT, finds the MADT and records
-/// its enabled local APIC (type 0) and x2APIC (type 9, ids < 256) entries.
-pub fn parse_madt(mem: &dyn PhysMem, rsdp: u64, list: &mut CpuList) -> bool {
-    let Some(r) = mem.slice(rsdp, 20) else {
-        return false;
-    };
+/// Follows the RSDP at `rsdp` to the XSDT (revision >= 2) or RSDT and returns the table with
+/// signature `sig` it lists.
+fn find_acpi_table<'m>(mem: &'m dyn PhysMem, rsdp: u64, sig: &[u8]) -> Option<&'m [u8]> {
+    let r = mem.slice(rsdp, 20)?;
     if &r[..8] != b"RSD PTR " || !checksum_ok(r) {
-        return false;
+        return None;
     }
     let (root, entry_size) = match mem.slice(rsdp, 36) {
         Some(r2) if r2[15] >= 2 && u64_at(r2, 24) != 0 && checksum_ok(r2) => (u64_at(r2, 24), 8),
         _ => (u64::from(u32_at(r, 16)), 4),
     };
-    let sig: &[u8] = if entry_size == 8 { b"XSDT" } else { b"RSDT" };
-    let Some(root) = acpi_table(mem, root, Some(sig)) else {
-        return false;
-    };
-    let madt = root[36..]
+    let root_sig: &[u8] = if entry_size == 8 { b"XSDT" } else { b"RSDT" };
+    let root = acpi_table(mem, root, Some(root_sig))?;
+    root[36..]
         .chunks_exact(entry_size)
         .map(|e| {
             if entry_size == 8 {
@@ -215,8 +212,116 @@ pub fn parse_madt(mem: &dyn PhysMem, rsdp: u64, list: &mut CpuList) -> bool {
                 u64::from(u32_at(e, 0))
             }
         })
-        .find_map(|a| acpi_table(mem, a, Some(b"APIC")));
-    let Some(madt) = madt else { return false };
+        .find_map(|a| acpi_table(mem, a, Some(sig)))
+}
+
+/// The DSDT named by the FADT (its 64-bit `X_DSDT` when set, else `DSDT`).
+pub fn find_dsdt(mem: &dyn PhysMem, rsdp: u64) -> Option<&[u8]> {
+    let fadt = find_acpi_table(mem, rsdp, b"FACP")?;
+    let x_dsdt = if fadt.len() >= 148 {
+        u64_at(fadt, 140)
+    } else {
+        0
+    };
+    let addr = if x_dsdt != 0 {
+        x_dsdt
+    } else {
+        u64::from(u32_at(fadt, 40))
+    };
+    acpi_table(mem, addr, Some(b"DSDT"))
+}
+
+/// The virtio-mmio devices a DSDT describes, in table order, into `out`; returns how many. A
+/// device is the string `_HID` "LNRO0005"; its window is the first Memory32Fixed descriptor and
+/// its interrupt the first extended interrupt descriptor after it, before the next such `_HID`.
+/// This reads the resource templates of a VMM's simple DSDT, not arbitrary AML.
+pub fn dsdt_virtio_devices(dsdt: &[u8], out: &mut [VirtioMmioDev]) -> usize {
+    const HID: &[u8] = b"\x0dLNRO0005\x00";
+    let body = dsdt.get(36..).unwrap_or_default();
+    let find = |from: usize, pat: &[u8]| {
+        body.get(from..)?
+            .windows(pat.len())
+            .position(|w| w == pat)
+            .map(|p| from + p)
+    };
+    let mut count = 0;
+    let mut at = find(0, HID);
+    while let Some(start) = at {
+        let next = find(start + HID.len(), HID);
+        let end = next.unwrap_or(body.len());
+        let dev = &body[start..end];
+        let mem = dev.windows(3).position(|w| w == [0x86, 0x09, 0x00]);
+        let irq = dev.windows(3).position(|w| w == [0x89, 0x06, 0x00]);
+        if let (Some(m), Some(i), Some(slot)) = (mem, irq, out.get_mut(count)) {
+            if m + 12 <= dev.len() && i + 9 <= dev.len() {
+                *slot = VirtioMmioDev {
+                    size: u64::from(u32_at(dev, m + 8)),
+                    addr: u64::from(u32_at(dev, m + 4)),
+                    irq: u32_at(dev, i + 5),
+                };
+                count += 1;
+            }
+        }
+        at = next;
+    }
+    count
+}
+
+/// How the platform powers off through ACPI: the sleep control register's I/O port (from the
+/// FADT of a hardware-reduced platform) and the S5 sleep type (from `\_S5_` in the DSDT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcpiPowerOff {
+    pub sleep_control_port: u16,
+    pub s5_sleep_type: u8,
+}
+
+impl AcpiPowerOff {
+    /// The byte to write: `SLP_TYP << 2 | SLP_EN`.
+    pub fn command(&self) -> u8 {
+        ((self.s5_sleep_type & 7) << 2) | (1 << 5)
+    }
+}
+
+/// Finds the sleep control register and the S5 sleep type, when the tables offer both and the
+/// register is in I/O space.
+pub fn acpi_power_off(mem: &dyn PhysMem, rsdp: u64) -> Option<AcpiPowerOff> {
+    let fadt = find_acpi_table(mem, rsdp, b"FACP")?;
+    // SLEEP_CONTROL_REG: a Generic Address Structure at offset 244 (space id 1: system I/O).
+    let gas = fadt.get(244..256)?;
+    if gas[0] != 1 {
+        return None;
+    }
+    let port = u16::try_from(u64_at(gas, 4)).ok()?;
+    let dsdt = find_dsdt(mem, rsdp)?;
+    let s5_type = s5_sleep_type(dsdt)?;
+    Some(AcpiPowerOff {
+        sleep_control_port: port,
+        s5_sleep_type: s5_type,
+    })
+}
+
+/// The first element of `Name(_S5_, Package(){ SLP_TYPa, … })` in a DSDT.
+pub fn s5_sleep_type(dsdt: &[u8]) -> Option<u8> {
+    let at = dsdt.windows(4).position(|w| w == b"_S5_")?;
+    let rest = dsdt.get(at + 4..)?;
+    // PackageOp, a one-byte PkgLength (bits 6-7 zero), NumElements, then the first element.
+    if rest.first() != Some(&0x12) || rest.get(1)? & 0xc0 != 0 {
+        return None;
+    }
+    match *rest.get(3)? {
+        0x00 => Some(0),
+        0x01 => Some(1),
+        0x0a => rest.get(4).copied(),
+        _ => None,
+    }
+}
+
+/// Follows the RSDP at `rsdp` to the XSDT (revision >= 2) or RSDT, finds the MADT and records
+/// its enabled local APIC (type 0) and x2APIC (type 9, ids < 256) entries.
+pub fn parse_madt(mem: &dyn PhysMem, rsdp: u64, list: &mut CpuList) -> bool {
+    let Some(madt) = find_acpi_table(mem, rsdp, b"APIC") else {
+        return false;
+    };
     let mut off = 44;
     while off + 2 <= madt.len() {
         let (kind, len) = (madt[off], usize::from(madt[off + 1]));

@@ -1,4 +1,4 @@
-//! The tests that need no device: `boot`, `serial`, `info` and `halt`.
+//! The tests that need no device: `boot`, `serial`, `info`, `halt` and `poweroff`.
 
 use super::{fail_str, pass, tsc, user, Global, State};
 use ferry_probe::bootinfo::{BootError, BootProtocol};
@@ -39,6 +39,9 @@ pub fn info(st: &State) {
         .str(" e820_entries=")
         .dec(st.boot.mem_count as u64);
     l.str(" virtio_devices=").dec(st.cfg.virtio_count as u64);
+    l.str(" virtio_source=").str(st.virtio_source);
+    l.str(" acpi_power_off=")
+        .dec(u64::from(st.acpi_power_off.is_some()));
     pass(&l);
 }
 
@@ -76,6 +79,27 @@ pub fn halt() -> ! {
     super::pass(&l);
     loop {
         // SAFETY: halting with interrupts off is the point of the test.
+        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) }
+    }
+}
+
+/// `poweroff`: powers the machine off the ACPI way (S5 into the FADT's sleep control register),
+/// as Linux's `poweroff` does; then halts (the VMM must have ended the VM by then). FAILs when
+/// the tables offer no way.
+pub fn power_off(st: &State) {
+    let Some(off) = st.acpi_power_off else {
+        fail_str("no ACPI sleep control register or \\_S5_");
+        return;
+    };
+    let mut l = LineBuf::new();
+    l.str("port=")
+        .hex(u64::from(off.sleep_control_port))
+        .str(" s5=")
+        .dec(u64::from(off.s5_sleep_type));
+    pass(&l);
+    super::io::outb(off.sleep_control_port, off.command());
+    loop {
+        // SAFETY: nothing is left to run; the VMM ends the VM on the write above.
         unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) }
     }
 }

@@ -47,6 +47,10 @@ pub struct State {
     pub cfg: ProbeConfig,
     /// CPUs from the MP table or MADT.
     pub cpus: CpuList,
+    /// Where `cfg.virtio` came from: the command line, the DSDT, or nowhere.
+    pub virtio_source: &'static str,
+    /// How to power off through ACPI, when the tables say.
+    pub acpi_power_off: Option<tables::AcpiPowerOff>,
     /// Result of reading the boot information.
     pub boot_error: Option<BootError>,
 }
@@ -108,15 +112,27 @@ extern "C" fn prepare(arg: u64) -> u64 {
         boot,
         cfg: ProbeConfig::default(),
         cpus: CpuList::default(),
+        virtio_source: "none",
+        acpi_power_off: None,
         boot_error,
     });
     st.cfg = ProbeConfig::parse(&Cmdline::new(st.boot.cmdline()));
-    st.cpus = tables::discover_cpus(
-        &KernelMem {
-            boot: Some(&st.boot),
-        },
-        st.boot.rsdp,
-    );
+    let mem = KernelMem {
+        boot: Some(&st.boot),
+    };
+    st.cpus = tables::discover_cpus(&mem, st.boot.rsdp);
+    let rsdp = match st.boot.rsdp {
+        0 => tables::find_rsdp(&mem).unwrap_or(0),
+        hint => hint,
+    };
+    // Without `virtio_mmio.device=` entries the VMM may describe its devices in the DSDT.
+    if st.cfg.virtio_count > 0 {
+        st.virtio_source = "cmdline";
+    } else if let Some(dsdt) = tables::find_dsdt(&mem, rsdp) {
+        st.cfg.virtio_count = tables::dsdt_virtio_devices(dsdt, &mut st.cfg.virtio);
+        st.virtio_source = "dsdt";
+    }
+    st.acpi_power_off = tables::acpi_power_off(&mem, rsdp);
     0
 }
 
@@ -211,6 +227,7 @@ extern "C" fn probe_main(protocol: u32, info: u64) -> ! {
             b"net" => net::run(st),
             b"info" => basic::info(st),
             b"halt" => basic::halt(),
+            b"poweroff" => basic::power_off(st),
             // Self-test of the exception path: #UD in ring 0, reported as a FAIL, exit 1.
             // SAFETY: ud2 raises #UD by design; the handler never returns.
             b"fault" => unsafe { core::arch::asm!("ud2", options(noreturn)) },
