@@ -16,7 +16,7 @@
 #
 # Environment: FERRY_LAB_CACHE (build cache), LAB_LOG=FILE (keep L1's whole console there),
 # LAB_SILENCE_S (default 90), LAB_L1_RETRIES (default 1), LAB_L2_EXTRA (extra L2 kernel
-# parameters for the feature scenarios, default `noapic`; see README.md).
+# parameters for every scenario but boot-1cpu/boot-2cpu, e.g. `noapic`; default none).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,7 +25,7 @@ all_scenarios=(boot-1cpu boot-2cpu boot-noapic serial reboot poweroff blk-read b
     api-getting-started stock-kernel boot-time)
 silence="${LAB_SILENCE_S:-90}"
 retries="${LAB_L1_RETRIES:-1}"
-l2extra="${LAB_L2_EXTRA-noapic}"
+l2extra="${LAB_L2_EXTRA:-}"
 # Per-scenario budget (seconds) for the whole-QEMU timeout.
 per_scenario=300
 
@@ -51,9 +51,9 @@ tmp="$(mktemp -d /tmp/ferry-lab.XXXXXX)"
 qpid=""
 tailpid=""
 cleanup() {
-    [ -n "$tailpid" ] && kill "$tailpid" 2>/dev/null
-    [ -n "$qpid" ] && kill -KILL "$qpid" 2>/dev/null
-    [ -n "$qpid" ] && wait "$qpid" 2>/dev/null
+    set +e
+    [ -z "$tailpid" ] || kill "$tailpid" 2>/dev/null
+    [ -z "$qpid" ] || { kill -KILL "$qpid" 2>/dev/null; wait "$qpid" 2>/dev/null; }
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -65,13 +65,16 @@ declare -A evidence
 # run_l1 SCENARIO...: one QEMU run; fills result[]/evidence[] for the scenarios it reports, and
 # FLAKE-L1 for the ones it started but did not finish, or never reached, when L1 broke.
 run_l1() {
-    local list serial budget line cur="" l1fault="" stop="" rc
+    local list serial budget deadline wait_s line cur="" l1fault="" stop="" rc
     list="$(IFS=,; echo "$*")"
     serial="$tmp/l1-console.$RANDOM"
     : >"$serial"
     budget=$((120 + per_scenario * $#))
     log "starting L1 (QEMU TCG) for: $*"
-    timeout -s KILL "$budget" qemu-system-x86_64 -accel tcg,thread=multi -cpu max,tsc-deadline=off \
+    # QEMU is started directly (not under timeout(1)) so that killing $qpid kills QEMU; the
+    # budget is enforced by the read loop below.
+    deadline=$((SECONDS + budget))
+    qemu-system-x86_64 -accel tcg,thread=multi -cpu max,tsc-deadline=off \
         -smp 2 -m 4G -M q35 -nographic -nic none -no-reboot -monitor none -serial "file:$serial" \
         -kernel "$dir/vmlinuz" -initrd "$dir/l1.cpio.gz" \
         -append "console=ttyS0 panic=1 quiet loglevel=4 lab.scenarios=$list lab.l2extra=${l2extra// /,}" \
@@ -80,7 +83,9 @@ run_l1() {
     exec 3< <(exec tail -n +1 -F --pid="$qpid" "$serial" 2>/dev/null)
     tailpid=$!
     while :; do
-        if IFS= read -r -t "$silence" line <&3; then
+        wait_s=$((deadline - SECONDS))
+        [ "$wait_s" -le "$silence" ] || wait_s=$silence
+        if [ "$wait_s" -gt 0 ] && IFS= read -r -t "$wait_s" line <&3; then
             line="${line%$'\r'}"
             [ -n "${LAB_LOG:-}" ] && printf '%s\n' "$line" >>"$LAB_LOG"
             case "$line" in
@@ -125,7 +130,10 @@ run_l1() {
             [ -z "$stop" ] || break
         else
             rc=$?
-            if [ "$rc" -gt 128 ]; then
+            if [ "$SECONDS" -ge "$deadline" ]; then
+                stop="budget"
+                [ -n "$l1fault" ] || l1fault="the whole L1 run exceeded its ${budget}s budget"
+            elif [ "$rc" -gt 128 ]; then
                 stop="silence"
                 [ -n "$l1fault" ] || l1fault="no output from L1 (not even its heartbeat) for ${silence}s"
             else

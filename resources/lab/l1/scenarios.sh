@@ -5,7 +5,7 @@
 # lab-l2: lines printed by resources/lab/l2/init) and from L1 (files, exit statuses).
 # Every ferry/qemu/tgtd started is bounded by `timeout` and killed by PID at the end.
 
-# shellcheck disable=SC2013,SC2129 # the command line and pid list are words; separate lvm logs are clearer
+# shellcheck disable=SC2013,SC2129,SC2086 # $FA is one or two words; the command line and pid list are words; separate lvm logs are clearer
 K=/lab/vmlinux
 I=/lab/l2.cpio.gz
 # Extra L2 kernel parameters for the feature scenarios (not for boot-1cpu/boot-2cpu, which test
@@ -14,6 +14,15 @@ L2X=""
 for w in $(cat /proc/cmdline); do
     case "$w" in lab.l2extra=*) L2X=$(echo "${w#*=}" | tr ',' ' ') ;; esac
 done
+# The lab's kernel has no ACPI: a ferry that describes devices in ACPI tables by default is
+# asked for `--acpi off` (MP table and virtio_mmio.device= entries). The stock kernel gets
+# ferry's default.
+FA=""
+JA=""
+if ferry run --help 2>/dev/null | grep -q -- '--acpi'; then
+    FA="--acpi off"
+    JA=', "acpi": false'
+fi
 # Debian's busybox runs its own applets before anything on PATH: the real iproute2 by path.
 IP=/usr/sbin/ip
 LVMC='activation { udev_sync = 0 udev_rules = 0 monitoring = 0 } devices { obtain_device_list_from_udev = 0 }'
@@ -30,11 +39,16 @@ bg() {
     pid=$!
     echo "$pid" >>"$W/pids"
 }
-# waitfor FILE PATTERN SECS: wait until FILE has a line matching PATTERN (grep -E).
+# waitfor FILE PATTERN SECS [PID]: wait until FILE has a line matching PATTERN (grep -E); give
+# up early when process PID has ended.
 waitfor() {
     i=0
     while [ "$i" -lt $(($3 * 4)) ]; do
         grep -qE "$2" "$1" 2>/dev/null && return 0
+        if [ -n "${4:-}" ] && ! kill -0 "$4" 2>/dev/null; then
+            grep -qE "$2" "$1" 2>/dev/null
+            return
+        fi
         sleep 0.25
         i=$((i + 1))
     done
@@ -88,7 +102,7 @@ run_scenario() {
 # --- boot --------------------------------------------------------------------------------------
 boot_test() { # boot_test CPUS EXTRA-CMDLINE
     t0=$(now)
-    bg l2 180 ferry run --kernel "$K" --initrd "$I" --cpus "$1" --memory 256M --cmdline "lab.test=boot $2"
+    bg l2 180 ferry run $FA --kernel "$K" --initrd "$I" --cpus "$1" --memory 256M --cmdline "lab.test=boot $2"
     wait "$pid"
     rc=$?
     t=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
@@ -106,19 +120,19 @@ sc_boot_noapic() { boot_test 2 "noapic"; }
 # --- serial --------------------------------------------------------------------------------------
 sc_serial() {
     mkfifo "$W/in"
-    timeout -s KILL 180 ferry run --kernel "$K" --initrd "$I" --serial stdio --cmdline "lab.test=serial $L2X" \
+    timeout -s KILL 180 ferry run $FA --kernel "$K" --initrd "$I" --serial stdio --cmdline "lab.test=serial $L2X" \
         <"$W/in" >"$W/l2.out" 2>"$W/l2.err" &
     pid=$!
     echo "$pid" >>"$W/pids"
     exec 7>"$W/in"
-    if ! waitfor "$W/l2.out" 'lab-l2: waiting for input' 120; then
+    if ! waitfor "$W/l2.out" 'lab-l2: waiting for input' 120 "$pid"; then
         exec 7>&-
         wait "$pid"
         fail "guest never asked for input: $(l2why "$W/l2.out" $?)"
         return
     fi
     echo "hello-lab-4711" >&7
-    waitfor "$W/l2.out" 'lab-l2: exit=' 60
+    waitfor "$W/l2.out" 'lab-l2: exit=' 60 "$pid"
     exec 7>&-
     wait "$pid"
     rc=$?
@@ -132,7 +146,7 @@ sc_serial() {
 
 # --- reboot / poweroff -----------------------------------------------------------------------------
 sc_reboot() {
-    bg l2 180 ferry run --kernel "$K" --initrd "$I" --cmdline "lab.test=reboot $L2X"
+    bg l2 180 ferry run $FA --kernel "$K" --initrd "$I" --cmdline "lab.test=reboot $L2X"
     wait "$pid"
     rc=$?
     if [ "$rc" = 0 ] && grep -q 'lab-l2: rebooting' "$W/l2.out"; then
@@ -142,8 +156,8 @@ sc_reboot() {
     fi
 }
 sc_poweroff() {
-    bg l2 180 ferry run --kernel "$K" --initrd "$I" --cmdline "lab.test=poweroff $L2X"
-    if ! waitfor "$W/l2.out" 'lab-l2: powering off' 150; then
+    bg l2 180 ferry run $FA --kernel "$K" --initrd "$I" --cmdline "lab.test=poweroff $L2X"
+    if ! waitfor "$W/l2.out" 'lab-l2: powering off' 150 "$pid"; then
         wait "$pid"
         fail "guest never reached poweroff: $(l2why "$W/l2.out" $?)"
         return
@@ -167,7 +181,7 @@ sc_poweroff() {
 sc_blk_read() {
     dd if=/dev/urandom of="$W/disk.img" bs=1M count=32 2>/dev/null
     want=$(md5 "$W/disk.img")
-    bg l2 180 ferry run --kernel "$K" --initrd "$I" --disk "path=$W/disk.img" --cmdline "lab.test=blk-read lab.n=32 $L2X"
+    bg l2 180 ferry run $FA --kernel "$K" --initrd "$I" --disk "path=$W/disk.img" --cmdline "lab.test=blk-read lab.n=32 $L2X"
     wait "$pid"
     rc=$?
     got=$(ev "$W/l2.out" md5)
@@ -180,7 +194,7 @@ sc_blk_read() {
 sc_blk_write() {
     dd if=/dev/zero of="$W/disk.img" bs=1M count=16 2>/dev/null
     want=$(yes lab-write-pattern | head -c 8388608 | md5sum | cut -d' ' -f1)
-    bg l2 180 ferry run --kernel "$K" --initrd "$I" --disk "path=$W/disk.img" --cmdline "lab.test=blk-write $L2X"
+    bg l2 180 ferry run $FA --kernel "$K" --initrd "$I" --disk "path=$W/disk.img" --cmdline "lab.test=blk-write $L2X"
     wait "$pid"
     rc=$?
     gp=$(ev "$W/l2.out" pattern-md5)
@@ -197,7 +211,7 @@ sc_blk_write() {
 sc_blk_ro() {
     dd if=/dev/urandom of="$W/disk.img" bs=1M count=4 2>/dev/null
     want=$(md5 "$W/disk.img")
-    bg l2 180 ferry run --kernel "$K" --initrd "$I" --disk "path=$W/disk.img,readonly=on" --cmdline "lab.test=blk-ro $L2X"
+    bg l2 180 ferry run $FA --kernel "$K" --initrd "$I" --disk "path=$W/disk.img,readonly=on" --cmdline "lab.test=blk-ro $L2X"
     wait "$pid"
     rc=$?
     ro=$(ev "$W/l2.out" ro)
@@ -211,7 +225,7 @@ sc_blk_ro() {
 }
 sc_blk_discard() {
     dd if=/dev/urandom of="$W/disk.img" bs=1M count=16 2>/dev/null
-    bg l2 180 ferry run --kernel "$K" --initrd "$I" --disk "path=$W/disk.img" --cmdline "lab.test=blk-discard $L2X"
+    bg l2 180 ferry run $FA --kernel "$K" --initrd "$I" --disk "path=$W/disk.img" --cmdline "lab.test=blk-discard $L2X"
     wait "$pid"
     rc=$?
     drc=$(ev "$W/l2.out" 'blkdiscard rc')
@@ -252,19 +266,22 @@ net_test() { # net_test KIND(tap|macvtap)
     fi
     dd if=/dev/urandom of="$W/tx64" bs=1M count=64 2>/dev/null
     txmd5=$(md5 "$W/tx64")
-    bg l2 300 ferry run --kernel "$K" --initrd "$I" --cpus 2 --memory 512M --net "$nic" \
+    bg l2 300 ferry run $FA --kernel "$K" --initrd "$I" --cpus 2 --memory 512M --net "$nic" \
         --cmdline "lab.test=net lab.ip=10.0.0.2/24 lab.peer=10.0.0.1 $L2X"
     l2pid=$pid
     $IP netns exec peer timeout -s KILL 240 nc -l -p 5002 -e sh -c "cat >$W/rx64" 2>"$W/ncl.err" &
     echo $! >>"$W/pids"
     ncl=$!
     pin="no"
-    if waitfor "$W/l2.out" 'lab-l2: net-ready' 200; then
+    if waitfor "$W/l2.out" 'lab-l2: net-ready' 200 "$l2pid"; then
         $IP netns exec peer ping -c 3 -W 5 10.0.0.2 >"$W/ping.log" 2>&1 && pin="ok"
         $IP netns exec peer timeout -s KILL 150 nc 10.0.0.2 5001 <"$W/tx64" >/dev/null 2>"$W/ncs.err"
     fi
     wait "$l2pid"
     rc=$?
+    i=0
+    while kill -0 "$ncl" 2>/dev/null && [ "$i" -lt 40 ]; do sleep 0.25; i=$((i + 1)); done
+    kill -KILL "$ncl" 2>/dev/null
     wait "$ncl" 2>/dev/null
     rxmd5=$(md5 "$W/rx64" 2>/dev/null)
     rxb=$(wc -c <"$W/rx64" 2>/dev/null)
@@ -300,9 +317,9 @@ sc_lvm() {
         losetup -d "$loop"
         return
     fi
-    bg l2 200 ferry run --kernel "$K" --initrd "$I" --disk "path=$dev,id=disk0" --api-socket "$W/api.sock" \
+    bg l2 200 ferry run $FA --kernel "$K" --initrd "$I" --disk "path=$dev,id=disk0" --api-socket "$W/api.sock" \
         --cmdline "lab.test=resize $L2X"
-    if waitfor "$W/l2.out" 'lab-l2: size0=' 150; then
+    if waitfor "$W/l2.out" 'lab-l2: size0=' 150 "$pid"; then
         lvm lvextend -q --config "$LVMC" -L +64M labvg/lv0 >>"$W/lvm.out" 2>&1
         ferry ctl --api-socket "$W/api.sock" resize-disk disk0 >"$W/ctl.out" 2>&1
         crc=$?
@@ -338,11 +355,11 @@ tgt_start() {
 sc_iscsi() {
     truncate -s 64M "$W/lun.img"
     if ! tgt_start 1 >>"$W/tgt.out" 2>&1; then fail "tgtd did not start"; return; fi
-    bg l2 200 ferry run --kernel "$K" --initrd "$I" --disk "path=iscsi://127.0.0.1:3260/iqn.2026-11.lab:disk0/1" \
+    bg l2 200 ferry run $FA --kernel "$K" --initrd "$I" --disk "path=iscsi://127.0.0.1:3260/iqn.2026-11.lab:disk0/1" \
         --cmdline "lab.test=iscsi $L2X"
     fpid=$pid
     restarted=no
-    if waitfor "$W/l2.out" 'lab-l2: chunk 4 done' 150; then
+    if waitfor "$W/l2.out" 'lab-l2: chunk 4 done' 150 "$fpid"; then
         kill -KILL "$tgtpid"
         wait "$tgtpid" 2>/dev/null
         sleep 2
@@ -368,10 +385,10 @@ mig_test() { # mig_test URL
     dd if=/dev/zero of="$W/disk.img" bs=1M count=4 2>/dev/null
     bg dst 300 ferry receive --listen "$1" --api-socket "$W/dst.sock"
     dpid=$pid
-    bg src 300 ferry run --kernel "$K" --initrd "$I" --disk "path=$W/disk.img,id=disk0" --api-socket "$W/src.sock" \
+    bg src 300 ferry run $FA --kernel "$K" --initrd "$I" --disk "path=$W/disk.img,id=disk0" --api-socket "$W/src.sock" \
         --cmdline "lab.test=counter $L2X"
     spid=$pid
-    if ! waitfor "$W/src.out" 'lab-l2: count=3' 150; then
+    if ! waitfor "$W/src.out" 'lab-l2: count=3' 150 "$spid"; then
         fail "source guest never counted to 3: $(l2why "$W/src.out" -)"
         return
     fi
@@ -381,7 +398,7 @@ mig_test() { # mig_test URL
     src_rc=$?
     c=$(evl "$W/src.out" count)
     next=$((${c:-0} + 2))
-    if waitfor "$W/dst.out" "lab-l2: count=$next\\b" 60; then cont=yes; else cont=no; fi
+    if waitfor "$W/dst.out" "lab-l2: count=$next\\b" 60 "$dpid"; then cont=yes; else cont=no; fi
     first=$(ev "$W/dst.out" count)
     stop_guest "$W/disk.img"
     wait "$dpid"
@@ -399,10 +416,10 @@ sc_migrate_tcp() { mig_test "tcp:127.0.0.1:7777"; }
 
 sc_snapshot() {
     dd if=/dev/zero of="$W/disk.img" bs=1M count=4 2>/dev/null
-    bg a 300 ferry run --kernel "$K" --initrd "$I" --disk "path=$W/disk.img,id=disk0" --api-socket "$W/a.sock" \
+    bg a 300 ferry run $FA --kernel "$K" --initrd "$I" --disk "path=$W/disk.img,id=disk0" --api-socket "$W/a.sock" \
         --cmdline "lab.test=counter $L2X"
     apid=$pid
-    if ! waitfor "$W/a.out" 'lab-l2: count=3' 150; then
+    if ! waitfor "$W/a.out" 'lab-l2: count=3' 150 "$apid"; then
         fail "guest never counted to 3: $(l2why "$W/a.out" -)"
         return
     fi
@@ -415,7 +432,7 @@ sc_snapshot() {
     bg b 300 ferry run --restore "$W/snap"
     bpid=$pid
     next=$((${c:-0} + 2))
-    if waitfor "$W/b.out" "lab-l2: count=$next\\b" 60; then cont=yes; else cont=no; fi
+    if waitfor "$W/b.out" "lab-l2: count=$next\\b" 60 "$bpid"; then cont=yes; else cont=no; fi
     stop_guest "$W/disk.img"
     wait "$bpid"
     brc=$?
@@ -441,7 +458,7 @@ sc_api_getting_started() {
     codes=""
     for req in \
         "/boot-source|{\"kernel_image_path\": \"$K\", \"boot_args\": \"console=ttyS0 reboot=k panic=1 pci=off lab.test=rootfs $L2X\"}" \
-        "/machine-config|{\"vcpu_count\": 2, \"mem_size_mib\": 256}" \
+        "/machine-config|{\"vcpu_count\": 2, \"mem_size_mib\": 256$JA}" \
         "/drives/rootfs|{\"drive_id\": \"rootfs\", \"path_on_host\": \"$W/rootfs.ext4\", \"is_root_device\": true, \"is_read_only\": false}" \
         "/actions|{\"action_type\": \"InstanceStart\"}"; do
         code=$(api_put "$W/fc.sock" "${req%%|*}" "${req#*|}")
@@ -490,7 +507,7 @@ time_boot() {
     t0=$(now)
     bg "$n" 180 "$@"
     p=$pid
-    if waitfor "$W/$n.out" 'lab-l2: init' 170; then
+    if waitfor "$W/$n.out" 'lab-l2: init' 170 "$p"; then
         awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'
     fi
     i=0
@@ -499,7 +516,7 @@ time_boot() {
     wait "$p" 2>/dev/null
 }
 sc_boot_time() {
-    tf=$(time_boot ferry ferry run --kernel "$K" --initrd "$I" --cmdline "lab.test=boot $L2X")
+    tf=$(time_boot ferry ferry run $FA --kernel "$K" --initrd "$I" --cmdline "lab.test=boot $L2X")
     tq=$(time_boot qemu qemu-system-x86_64 -M microvm,acpi=off -accel kvm -cpu host -m 256M -smp 1 \
         -nodefaults -no-user-config -nographic -serial stdio -no-reboot -L /usr/share/qemu \
         -kernel "$K" -initrd "$I" -append "console=ttyS0 reboot=k panic=1 lab.test=boot $L2X")
