@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::models::RateLimiter;
+
 /// Default guest memory, MiB.
 pub const DEFAULT_MEM_MIB: u64 = 256;
 /// Default vCPU count.
@@ -97,6 +99,9 @@ pub struct DriveConfig {
     /// File holding iSCSI CHAP secrets, so they stay out of `ps` output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chap_secret_file: Option<String>,
+    /// Requests and bytes limit; `None`: unlimited (buckets of size 0 are never kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
 }
 
 /// A network interface (`--net`, `PUT /network-interfaces/{id}`).
@@ -110,6 +115,11 @@ pub struct NetConfig {
     /// Queue pairs (multiqueue when > 1).
     #[serde(default = "one")]
     pub queues: u16,
+    /// Frames and bytes limits towards the guest and from it; `None`: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiter>,
 }
 
 fn one() -> u16 {
@@ -184,6 +194,7 @@ mod put_drive_tests {
             partuuid: None,
             direct: None,
             chap_secret_file: None,
+            rate_limiter: None,
         }
     }
 

@@ -135,8 +135,9 @@ fn handle(s: &mut State, request: ApiRequest) -> Result<ApiResponse, ApiResponse
             if let Some(path) = patch.path_on_host {
                 drive.path_on_host = path;
             }
-            if let Some(limiter) = patch.rate_limiter {
-                drive.rate_limiter = Some(limiter);
+            if let Some(limiter) = &patch.rate_limiter {
+                drive.rate_limiter =
+                    crate::RateLimiter::patched(drive.rate_limiter.as_ref(), limiter);
             }
             s.config.drives = s.drives.iter().map(Drive::to_config).collect();
             ApiResponse::NoContent
@@ -154,8 +155,14 @@ fn handle(s: &mut State, request: ApiRequest) -> Result<ApiResponse, ApiResponse
                 .iter_mut()
                 .find(|n| n.iface_id == patch.iface_id)
                 .ok_or_else(|| ApiResponse::bad_request(format!("no network interface {}", patch.iface_id)))?;
-            iface.rx_rate_limiter = patch.rx_rate_limiter.or(iface.rx_rate_limiter.take());
-            iface.tx_rate_limiter = patch.tx_rate_limiter.or(iface.tx_rate_limiter.take());
+            if let Some(rx) = &patch.rx_rate_limiter {
+                iface.rx_rate_limiter =
+                    crate::RateLimiter::patched(iface.rx_rate_limiter.as_ref(), rx);
+            }
+            if let Some(tx) = &patch.tx_rate_limiter {
+                iface.tx_rate_limiter =
+                    crate::RateLimiter::patched(iface.tx_rate_limiter.as_ref(), tx);
+            }
             ApiResponse::NoContent
         }
         R::Action(ActionType::InstanceStart) => {

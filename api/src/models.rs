@@ -170,6 +170,32 @@ pub struct TokenBucket {
     pub refill_time: u64,
 }
 
+/// Longest `refill_time` accepted, in milliseconds (one day): a bound on absurd values.
+pub const MAX_REFILL_TIME_MS: u64 = 24 * 3600 * 1000;
+
+impl TokenBucket {
+    /// `size` 0 means "no bucket" (how a PATCH removes a limit, as on Firecracker); a real
+    /// bucket needs a `refill_time` of 1 ms to one day.
+    pub fn validate(&self, field: &str) -> Result<(), String> {
+        if self.size == 0 {
+            return Ok(());
+        }
+        if self.refill_time == 0 {
+            return Err(format!(
+                "{field}: refill_time must be at least 1 ms for a bucket of size {}",
+                self.size
+            ));
+        }
+        if self.refill_time > MAX_REFILL_TIME_MS {
+            return Err(format!(
+                "{field}: refill_time {} ms is above the limit of {MAX_REFILL_TIME_MS} ms (one day)",
+                self.refill_time
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A device rate limiter (Firecracker's `RateLimiter`): bandwidth and/or operations.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,6 +204,47 @@ pub struct RateLimiter {
     pub bandwidth: Option<TokenBucket>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<TokenBucket>,
+}
+
+impl RateLimiter {
+    pub fn validate(&self, field: &str) -> Result<(), String> {
+        if let Some(b) = &self.bandwidth {
+            b.validate(&format!("{field}.bandwidth"))?;
+        }
+        if let Some(b) = &self.ops {
+            b.validate(&format!("{field}.ops"))?;
+        }
+        Ok(())
+    }
+
+    /// The limiter as the configuration keeps it: buckets of size 0 dropped, `None` when no
+    /// bucket is left (unlimited).
+    pub fn normalized(limiter: Option<&RateLimiter>) -> Option<RateLimiter> {
+        let keep = |b: &Option<TokenBucket>| b.clone().filter(|b| b.size != 0);
+        let l = limiter?;
+        let out = RateLimiter {
+            bandwidth: keep(&l.bandwidth),
+            ops: keep(&l.ops),
+        };
+        (out.bandwidth.is_some() || out.ops.is_some()).then_some(out)
+    }
+
+    /// `current` after a PATCH (Firecracker's update rules): a bucket given replaces the old one
+    /// (size 0 removes it), a bucket not given stays.
+    pub fn patched(current: Option<&RateLimiter>, patch: &RateLimiter) -> Option<RateLimiter> {
+        let pick = |new: &Option<TokenBucket>, old: Option<&TokenBucket>| {
+            new.clone().or_else(|| old.cloned())
+        };
+        let merged = RateLimiter {
+            bandwidth: pick(&patch.bandwidth, current.and_then(|c| c.bandwidth.as_ref())),
+            ops: pick(&patch.ops, current.and_then(|c| c.ops.as_ref())),
+        };
+        Self::normalized(Some(&merged))
+    }
+}
+
+fn check_limiter(field: &str, limiter: &Option<RateLimiter>) -> Result<(), String> {
+    limiter.as_ref().map_or(Ok(()), |l| l.validate(field))
 }
 
 /// Block cache mode: `Unsafe` ignores guest flushes, `Writeback` honours them.
@@ -232,6 +299,7 @@ impl Drive {
         if let Some(file) = &self.chap_secret_file {
             check_path("chap_secret_file", file)?;
         }
+        check_limiter("rate_limiter", &self.rate_limiter)?;
         Ok(())
     }
 
@@ -245,6 +313,7 @@ impl Drive {
             partuuid: self.partuuid.clone(),
             direct: self.direct,
             chap_secret_file: self.chap_secret_file.clone(),
+            rate_limiter: RateLimiter::normalized(self.rate_limiter.as_ref()),
         }
     }
 
@@ -258,7 +327,7 @@ impl Drive {
             partuuid: config.partuuid.clone(),
             cache_type: CacheType::default(),
             io_engine: IoEngine::default(),
-            rate_limiter: None,
+            rate_limiter: config.rate_limiter.clone(),
             direct: config.direct,
             chap_secret_file: config.chap_secret_file.clone(),
         }
@@ -280,6 +349,7 @@ pub struct DrivePatch {
 impl DrivePatch {
     pub(crate) fn validate(&self) -> Result<(), String> {
         check_id("drive_id", &self.drive_id)?;
+        check_limiter("rate_limiter", &self.rate_limiter)?;
         match (&self.path_on_host, &self.rate_limiter) {
             (None, None) => {
                 Err("empty PATCH request: give path_on_host and/or rate_limiter".into())
@@ -336,6 +406,8 @@ impl NetworkInterface {
                 return Err(format!("queues must be between 1 and {MAX_NET_QUEUES}"));
             }
         }
+        check_limiter("rx_rate_limiter", &self.rx_rate_limiter)?;
+        check_limiter("tx_rate_limiter", &self.tx_rate_limiter)?;
         Ok(())
     }
 
@@ -368,6 +440,8 @@ impl NetworkInterface {
             backend,
             guest_mac: self.guest_mac.clone(),
             queues: self.queues.unwrap_or(1),
+            rx_rate_limiter: RateLimiter::normalized(self.rx_rate_limiter.as_ref()),
+            tx_rate_limiter: RateLimiter::normalized(self.tx_rate_limiter.as_ref()),
         }
     }
 
@@ -382,8 +456,8 @@ impl NetworkInterface {
             iface_id: config.iface_id.clone(),
             host_dev_name,
             guest_mac: config.guest_mac.clone(),
-            rx_rate_limiter: None,
-            tx_rate_limiter: None,
+            rx_rate_limiter: config.rx_rate_limiter.clone(),
+            tx_rate_limiter: config.tx_rate_limiter.clone(),
             host_dev_type: Some(kind),
             queues: Some(config.queues),
         }
@@ -407,7 +481,8 @@ impl NetworkInterfacePatch {
         if self.rx_rate_limiter.is_none() && self.tx_rate_limiter.is_none() {
             return Err("empty PATCH request: give rx_rate_limiter and/or tx_rate_limiter".into());
         }
-        Ok(())
+        check_limiter("rx_rate_limiter", &self.rx_rate_limiter)?;
+        check_limiter("tx_rate_limiter", &self.tx_rate_limiter)
     }
 }
 

@@ -247,6 +247,7 @@ fn drives() {
                 partuuid: Some("abcd-01".into()),
                 direct: None,
                 chap_secret_file: None,
+                rate_limiter: None,
             });
             assert!(config.to_config().is_read_only);
             assert_eq!(config.partuuid.as_deref(), Some("abcd-01"));
@@ -433,6 +434,94 @@ fn network_interfaces() {
     )
     .contains("empty PATCH"));
     assert!(bad("PUT", "/network-interfaces", r#"{}"#).contains("missing iface id"));
+}
+
+#[test]
+fn rate_limiter_values_are_checked() {
+    // A bucket that never refills, or refills over more than a day: 400 with the field named.
+    assert!(bad(
+        "PUT",
+        "/drives/a",
+        r#"{"drive_id": "a", "path_on_host": "/img", "is_root_device": false, "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 0}}}"#
+    )
+    .contains("rate_limiter.bandwidth: refill_time must be at least 1 ms"));
+    assert!(bad(
+        "PATCH",
+        "/drives/a",
+        r#"{"drive_id": "a", "rate_limiter": {"ops": {"size": 10, "refill_time": 100000000000}}}"#
+    )
+    .contains("rate_limiter.ops: refill_time"));
+    assert!(bad(
+        "PUT",
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0", "host_dev_name": "tap0", "tx_rate_limiter": {"ops": {"size": 1, "refill_time": 0}}}"#
+    )
+    .contains("tx_rate_limiter.ops"));
+    assert!(bad(
+        "PATCH",
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 0}}}"#
+    )
+    .contains("rx_rate_limiter.bandwidth"));
+    assert!(bad(
+        "PUT",
+        "/drives/a",
+        r#"{"drive_id": "a", "path_on_host": "/img", "is_root_device": false, "rate_limiter": {"bandwidth": {"size": 18446744073709551616, "refill_time": 1}}}"#
+    )
+    .contains("invalid"));
+    // Size 0 is "no bucket" (Firecracker's way to remove a limit): accepted, and not kept.
+    let ApiRequest::PutDrive(drive) = ok(
+        "PUT",
+        "/drives/a",
+        r#"{"drive_id": "a", "path_on_host": "/img", "is_root_device": false, "rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0}, "ops": {"size": 100, "refill_time": 1000}}}"#,
+    ) else {
+        panic!("not a drive");
+    };
+    let kept = drive.to_config().rate_limiter.unwrap();
+    assert!(kept.bandwidth.is_none());
+    assert_eq!(kept.ops.as_ref().map(|b| b.size), Some(100));
+    assert_eq!(
+        Drive::from_config(&drive.to_config()).rate_limiter,
+        Some(kept)
+    );
+}
+
+#[test]
+fn rate_limiter_patches_follow_firecracker() {
+    let bucket = |size, refill_time| TokenBucket {
+        size,
+        one_time_burst: None,
+        refill_time,
+    };
+    let current = RateLimiter {
+        bandwidth: Some(bucket(1000, 100)),
+        ops: Some(bucket(10, 1000)),
+    };
+    // A bucket given replaces, one not given stays.
+    let patch = RateLimiter {
+        bandwidth: Some(bucket(2000, 100)),
+        ops: None,
+    };
+    assert_eq!(
+        RateLimiter::patched(Some(&current), &patch),
+        Some(RateLimiter {
+            bandwidth: Some(bucket(2000, 100)),
+            ops: Some(bucket(10, 1000)),
+        })
+    );
+    // Size 0 removes a bucket; removing the last leaves no limiter.
+    let off = RateLimiter {
+        bandwidth: Some(bucket(0, 0)),
+        ops: Some(bucket(0, 0)),
+    };
+    assert_eq!(RateLimiter::patched(Some(&current), &off), None);
+    assert_eq!(
+        RateLimiter::patched(None, &patch),
+        Some(RateLimiter {
+            bandwidth: Some(bucket(2000, 100)),
+            ops: None,
+        })
+    );
 }
 
 #[test]

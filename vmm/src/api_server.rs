@@ -200,16 +200,16 @@ impl ApiService {
                         "PATCH /drives is for a running VM; use PUT before boot".into(),
                     ));
                 }
-                if patch.path_on_host.is_none() && patch.rate_limiter.is_some() {
-                    return Err(VmmError::Config(
-                        "rate limiters are not supported by ferry".into(),
-                    ));
+                if let Some(limiter) = &patch.rate_limiter {
+                    c.patch_drive_rate_limiter(&patch.drive_id, limiter)?;
                 }
-                let virtio = c.virtio().ok_or(VmmError::InvalidState {
-                    state: "stopped",
-                    action: "resizing a drive",
-                })?;
-                virtio.resize_drive(&patch.drive_id, patch.path_on_host.as_deref())?;
+                if patch.path_on_host.is_some() {
+                    let virtio = c.virtio().ok_or(VmmError::InvalidState {
+                        state: "stopped",
+                        action: "resizing a drive",
+                    })?;
+                    virtio.resize_drive(&patch.drive_id, patch.path_on_host.as_deref())?;
+                }
                 ApiResponse::NoContent
             }
             ApiRequest::PutNetworkInterface(iface) => {
@@ -221,10 +221,9 @@ impl ApiService {
                 }
                 ApiResponse::NoContent
             }
-            ApiRequest::PatchNetworkInterface(_) => {
-                return Err(VmmError::Config(
-                    "rate limiters are not supported by ferry".into(),
-                ))
+            ApiRequest::PatchNetworkInterface(patch) => {
+                c.patch_net_rate_limiters(&patch)?;
+                ApiResponse::NoContent
             }
             ApiRequest::Action(ActionType::InstanceStart) => {
                 c.start()?;

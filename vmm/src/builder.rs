@@ -459,6 +459,7 @@ mod tests {
             partuuid: partuuid.map(String::from),
             direct: None,
             chap_secret_file: None,
+            rate_limiter: None,
         }
     }
 

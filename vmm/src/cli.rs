@@ -131,11 +131,11 @@ pub struct RunArgs {
     pub cpu_hide: Vec<&'static CpuFeature>,
     /// A virtio-blk disk (repeatable): a file, a block device (e.g. an LVM volume) or an
     /// iscsi://[user[%password]@]host[:port]/IQN/LUN URL.
-    #[arg(long = "disk", value_name = "path=PATH[,id=ID][,readonly=on][,direct=on|off][,chap-secret-file=FILE]",
+    #[arg(long = "disk", value_name = "path=PATH[,id=ID][,readonly=on][,direct=on|off][,chap-secret-file=FILE][,bps=N][,iops=N]",
           value_parser = parse_disk)]
     pub disks: Vec<DriveConfig>,
     /// A virtio-net interface (repeatable).
-    #[arg(long = "net", value_name = "macvtap=NAME|tap=NAME|fd=N[,mac=MAC][,id=ID][,queues=N]",
+    #[arg(long = "net", value_name = "macvtap=NAME|tap=NAME|fd=N[,mac=MAC][,id=ID][,queues=N][,rx-bps=N][,tx-bps=N][,rx-pps=N][,tx-pps=N]",
           value_parser = parse_net)]
     pub nets: Vec<NetConfig>,
     /// Serve the HTTP API on this Unix socket. Without --kernel/--restore, wait to be configured
@@ -261,7 +261,9 @@ fn parse_disk(text: &str) -> Result<DriveConfig, String> {
         partuuid: None,
         direct: None,
         chap_secret_file: None,
+        rate_limiter: None,
     };
+    let mut limit = crate::rate_limit::CliLimit::default();
     for (key, value) in key_values(text)? {
         match key {
             "path" => drive.path_on_host = value.to_string(),
@@ -274,13 +276,15 @@ fn parse_disk(text: &str) -> Result<DriveConfig, String> {
             "partuuid" => drive.partuuid = Some(value.to_string()),
             "direct" => drive.direct = Some(on_off(key, value)?),
             "chap-secret-file" => drive.chap_secret_file = Some(value.to_string()),
+            other if limit.accept(other, value, "iops")? => {}
             other => {
                 return Err(format!(
-                    "unknown disk option '{other}' (known: path, id, readonly, root, partuuid, direct, chap-secret-file)"
+                    "unknown disk option '{other}' (known: path, id, readonly, root, partuuid, direct, chap-secret-file, bps, iops, bps-burst, iops-burst)"
                 ))
             }
         }
     }
+    drive.rate_limiter = limit.build("", "iops")?;
     if drive.path_on_host.is_empty() {
         return Err(format!("'{text}': path=PATH is required"));
     }
@@ -294,7 +298,11 @@ fn parse_net(text: &str) -> Result<NetConfig, String> {
         backend: NetBackendConfig::Fd(-1),
         guest_mac: None,
         queues: 1,
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
     };
+    let mut rx_limit = crate::rate_limit::CliLimit::default();
+    let mut tx_limit = crate::rate_limit::CliLimit::default();
     for (key, value) in key_values(text)? {
         let chosen = match key {
             "macvtap" => Some(NetBackendConfig::Macvtap(value.to_string())),
@@ -324,9 +332,18 @@ fn parse_net(text: &str) -> Result<NetConfig, String> {
                     .ok_or_else(|| format!("queues={value}: expected 1 to 16"))?;
                 None
             }
+            other
+                if match other.split_at_checked(3) {
+                    Some(("rx-", k)) => rx_limit.accept(k, value, "pps")?,
+                    Some(("tx-", k)) => tx_limit.accept(k, value, "pps")?,
+                    _ => false,
+                } =>
+            {
+                None
+            }
             other => {
                 return Err(format!(
-                    "unknown net option '{other}' (known: macvtap, tap, fd, mac, id, queues)"
+                    "unknown net option '{other}' (known: macvtap, tap, fd, mac, id, queues, rx-bps, rx-pps, tx-bps, tx-pps, and their -burst)"
                 ))
             }
         };
@@ -338,6 +355,8 @@ fn parse_net(text: &str) -> Result<NetConfig, String> {
     }
     net.backend =
         backend.ok_or_else(|| format!("'{text}': macvtap=NAME, tap=NAME or fd=N is required"))?;
+    net.rx_rate_limiter = rx_limit.build("rx-", "pps")?;
+    net.tx_rate_limiter = tx_limit.build("tx-", "pps")?;
     Ok(net)
 }
 
@@ -580,6 +599,60 @@ mod tests {
         assert_eq!(n.queues, 2);
         assert_eq!(config.nets[1].iface_id, "lan");
         assert_eq!(config.nets[1].backend, NetBackendConfig::Tap("tap0".into()));
+    }
+
+    #[test]
+    fn rate_limits_on_disks_and_nets() {
+        let args = run_args(&[
+            "--kernel",
+            "k",
+            "--disk",
+            "path=/a,bps=4M,iops=1000,iops-burst=100",
+            "--net",
+            "tap=t,rx-bps=100M,tx-pps=20000,tx-bps=1G,tx-bps-burst=1M",
+        ])
+        .unwrap();
+        let (config, _) = args.to_config(false);
+        let d = config.drives[0].rate_limiter.as_ref().unwrap();
+        assert_eq!(
+            d.bandwidth.as_ref().map(|b| (b.size, b.refill_time)),
+            Some((4 << 20, 1000))
+        );
+        assert_eq!(
+            d.ops
+                .as_ref()
+                .map(|b| (b.size, b.refill_time, b.one_time_burst)),
+            Some((100, 100, Some(100)))
+        );
+        let n = &config.nets[0];
+        let rx = n.rx_rate_limiter.as_ref().unwrap();
+        assert!(rx.ops.is_none() && rx.bandwidth.is_some());
+        let tx = n.tx_rate_limiter.as_ref().unwrap();
+        assert_eq!(
+            tx.ops.as_ref().map(|b| (b.size, b.refill_time)),
+            Some((2000, 100))
+        );
+        assert_eq!(
+            tx.bandwidth.as_ref().and_then(|b| b.one_time_burst),
+            Some(1 << 20)
+        );
+        assert!(config.drives.iter().all(|d| d.drive_id != "x"));
+        for bad in [
+            "path=/a,bps=0",
+            "path=/a,iops=x",
+            "path=/a,bps-burst=5",
+            "path=/a,pps=5",
+        ] {
+            assert!(parse_disk(bad).is_err(), "{bad}");
+        }
+        for bad in [
+            "tap=t,rx-bps=0",
+            "tap=t,bps=5",
+            "tap=t,rx-iops=5",
+            "tap=t,tx-pps-burst=1",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

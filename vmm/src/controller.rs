@@ -231,6 +231,39 @@ impl VmController {
         self.vm.as_ref().map(|vm| &vm.virtio)
     }
 
+    /// `PATCH /drives/{id}`'s rate limiter: the running device and the configuration change
+    /// together (see `rate_limit`).
+    pub fn patch_drive_rate_limiter(
+        &mut self,
+        drive_id: &str,
+        patch: &ferry_api::RateLimiter,
+    ) -> Result<(), VmmError> {
+        let vm = self.vm.as_ref().ok_or(VmmError::InvalidState {
+            state: self.state.name(),
+            action: "changing a rate limiter",
+        })?;
+        crate::rate_limit::patch_drive(&mut self.config, &vm.virtio, drive_id, patch)
+    }
+
+    /// `PATCH /network-interfaces/{id}`: the running device and the configuration change
+    /// together.
+    pub fn patch_net_rate_limiters(
+        &mut self,
+        patch: &ferry_api::NetworkInterfacePatch,
+    ) -> Result<(), VmmError> {
+        let vm = self.vm.as_ref().ok_or(VmmError::InvalidState {
+            state: self.state.name(),
+            action: "changing a rate limiter",
+        })?;
+        crate::rate_limit::patch_net(
+            &mut self.config,
+            &vm.virtio,
+            &patch.iface_id,
+            patch.rx_rate_limiter.as_ref(),
+            patch.tx_rate_limiter.as_ref(),
+        )
+    }
+
     /// The exit signal of the running VM.
     pub fn exit_code(&self) -> Option<&Arc<ExitCode>> {
         self.vm.as_ref().map(|vm| &vm.exit)

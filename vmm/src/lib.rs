@@ -17,6 +17,7 @@ pub mod logger;
 pub mod memory;
 pub mod metrics;
 pub mod migration;
+pub mod rate_limit;
 pub mod sink;
 pub mod snapshot;
 pub mod vcpu;

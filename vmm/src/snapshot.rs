@@ -34,6 +34,11 @@ pub fn create(
             action: "a snapshot (pause the VM first)",
         });
     }
+    // Finish what the disks have in flight (and a request a rate limiter holds back) so the
+    // saved rings hold every request either completed or not yet taken, as migration does.
+    if let Some(virtio) = controller.virtio() {
+        virtio.quiesce()?;
+    }
     let snapshot = controller.save_snapshot()?;
     let memory = controller.memory().ok_or(VmmError::InvalidState {
         state: "not started",

@@ -17,6 +17,7 @@ use ferry_arch::GuestMemory;
 use ferry_devices::bus::Bus;
 use ferry_devices::net::{open_net_backend, NetBackendSpec, NetSpec};
 use ferry_devices::persist::Persist;
+use ferry_devices::rate_limiter::RateLimiterConfig;
 use ferry_devices::storage::open::{open_disk_with, DiskOptions};
 use ferry_devices::virtio::block::Block;
 use ferry_devices::virtio::mmio::{MmioTransport, MmioTransportState};
@@ -117,8 +118,12 @@ fn open_block(drive: &DriveConfig) -> Result<Arc<Mutex<Block>>, VmmError> {
     };
     let backend = open_disk_with(&drive.path_on_host, &options)
         .map_err(|e| VmmError::Device(format!("disk '{}': {e}", drive.drive_id)))?;
-    Block::new_shared(&drive.drive_id, backend)
-        .map_err(VmmError::io(format!("disk '{}'", drive.drive_id)))
+    let block = Block::new_shared(&drive.drive_id, backend)
+        .map_err(VmmError::io(format!("disk '{}'", drive.drive_id)))?;
+    lock(&block).set_rate_limiter(&crate::rate_limit::device_config(
+        drive.rate_limiter.as_ref(),
+    ));
+    Ok(block)
 }
 
 fn open_net(net: &NetConfig) -> Result<Arc<Mutex<Net>>, VmmError> {
@@ -133,10 +138,19 @@ fn open_net(net: &NetConfig) -> Result<Arc<Mutex<Net>>, VmmError> {
     };
     let backend = open_net_backend(&spec)
         .map_err(|e| VmmError::Device(format!("network interface '{}': {e}", net.iface_id)))?;
-    Net::new_shared(backend).map_err(VmmError::io(format!(
+    let device = Net::new_shared(backend).map_err(VmmError::io(format!(
         "network interface '{}'",
         net.iface_id
-    )))
+    )))?;
+    lock(&device).set_rate_limiters(
+        Some(&crate::rate_limit::device_config(
+            net.rx_rate_limiter.as_ref(),
+        )),
+        Some(&crate::rate_limit::device_config(
+            net.tx_rate_limiter.as_ref(),
+        )),
+    );
+    Ok(device)
 }
 
 impl VirtioDevices {
@@ -290,6 +304,45 @@ impl VirtioDevices {
         )))
     }
 
+    /// Sets a running drive's rate limiter (held-back requests are retried at once).
+    pub fn set_drive_rate_limiter(
+        &self,
+        drive_id: &str,
+        config: &RateLimiterConfig,
+    ) -> Result<(), VmmError> {
+        match self.devices.iter().find(|d| d.id == drive_id) {
+            Some(Attached {
+                model: Model::Block(b),
+                ..
+            }) => {
+                lock(b).set_rate_limiter(config);
+                Ok(())
+            }
+            _ => Err(VmmError::Config(format!("no drive '{drive_id}'"))),
+        }
+    }
+
+    /// Sets a running interface's RX and/or TX rate limiters.
+    pub fn set_net_rate_limiters(
+        &self,
+        iface_id: &str,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(), VmmError> {
+        match self.devices.iter().find(|d| d.id == iface_id) {
+            Some(Attached {
+                model: Model::Net(n),
+                ..
+            }) => {
+                lock(n).set_rate_limiters(rx, tx);
+                Ok(())
+            }
+            _ => Err(VmmError::Config(format!(
+                "no network interface '{iface_id}'"
+            ))),
+        }
+    }
+
     /// Tells the network where the guest is now (after a migration).
     pub fn announce(&self) {
         for d in &self.devices {
@@ -324,6 +377,7 @@ impl VirtioDevices {
                         ("write_bytes", &m.write_bytes),
                         ("flushes", &m.flushes),
                         ("errors", &m.errors),
+                        ("throttled", &m.throttled),
                     ] {
                         let _ = writeln!(
                             out,
@@ -343,6 +397,8 @@ impl VirtioDevices {
                         ("rx_dropped", &m.rx_dropped),
                         ("tx_dropped", &m.tx_dropped),
                         ("bad_chains", &m.bad_chains),
+                        ("rx_throttled", &m.rx_throttled),
+                        ("tx_throttled", &m.tx_throttled),
                     ] {
                         let _ = writeln!(
                             out,

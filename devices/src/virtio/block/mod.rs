@@ -51,7 +51,7 @@ pub struct BlockMetrics {
     pub flushes: AtomicU64,
     /// Requests completed with IOERR or UNSUPP.
     pub errors: AtomicU64,
-    /// Times the rate limiter held a request back and put the queue to sleep until its timer.
+    /// Times the rate limiter put the queue to sleep until its timer.
     pub throttled: AtomicU64,
 }
 

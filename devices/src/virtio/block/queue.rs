@@ -210,8 +210,9 @@ impl Block {
     }
 
     /// Takes the request's tokens from the rate limiter: one op, and its data bytes for reads
-    /// and writes. Unlimited: one inlined check. A refusal that puts the device to sleep is
-    /// counted as a throttle event.
+    /// and writes. Unlimited: one inlined check. Each time this puts the device to sleep on the
+    /// limiter's timer (a refusal, or a request larger than the bucket that left a debt) counts
+    /// as a throttle event.
     #[inline]
     fn admit(&mut self, idx: u16) -> bool {
         if self.limiter.is_unlimited() {
@@ -228,13 +229,11 @@ impl Block {
             _ => 0,
         };
         let was_blocked = self.limiter.is_blocked();
-        if self.limiter.consume_op(bytes) {
-            return true;
-        }
-        if !was_blocked {
+        let admitted = self.limiter.consume_op(bytes);
+        if !was_blocked && self.limiter.is_blocked() {
             BlockMetrics::add(&self.metrics.throttled, 1);
         }
-        false
+        admitted
     }
 
     fn submit(&mut self, idx: u16) -> Submitted {

@@ -64,9 +64,9 @@ pub struct NetMetrics {
     pub tx_dropped: AtomicU64,
     /// Descriptor chains rejected as malformed (any queue).
     pub bad_chains: AtomicU64,
-    /// Times the RX rate limiter held a frame back until its timer.
+    /// Times the RX rate limiter put receiving to sleep until its timer.
     pub rx_throttled: AtomicU64,
-    /// Times the TX rate limiter held a frame back until its timer.
+    /// Times the TX rate limiter put sending to sleep until its timer.
     pub tx_throttled: AtomicU64,
 }
 
@@ -318,18 +318,17 @@ impl Net {
     }
 }
 
-/// Takes one frame of `bytes` from `limiter`; a refusal that puts the direction to sleep counts
-/// in `throttled`. Only called for a configured limiter (callers check `is_unlimited` inline).
+/// Takes one frame of `bytes` from `limiter`. Each time this puts the direction to sleep on the
+/// limiter's timer (a refusal, or a frame larger than the bucket that left a debt) counts in
+/// `throttled`. Only called for a configured limiter (callers check `is_unlimited` inline).
 #[inline(never)]
 fn admit_frame(limiter: &mut RateLimiter, bytes: usize, throttled: &AtomicU64) -> bool {
     let was_blocked = limiter.is_blocked();
-    if limiter.consume_op(bytes as u64) {
-        return true;
-    }
-    if !was_blocked {
+    let admitted = limiter.consume_op(bytes as u64);
+    if !was_blocked && limiter.is_blocked() {
         NetMetrics::add(throttled, 1);
     }
-    false
+    admitted
 }
 
 /// Interrupts the guest for `q` unless EVENT_IDX says it does not want one yet.
