@@ -15,7 +15,8 @@
 # by that are rerun once in a fresh L1 (LAB_L1_RETRIES); ferry/guest failures are never rerun.
 #
 # Environment: FERRY_LAB_CACHE (build cache), LAB_LOG=FILE (keep L1's whole console there),
-# LAB_SILENCE_S (default 90), LAB_L1_RETRIES (default 1), LAB_L2_EXTRA (extra L2 kernel
+# LAB_SILENCE_S (default 90), LAB_L1_RETRIES (default 1), LAB_FLAKY_OK (1: FLAKE-L1 alone does
+# not fail the run), LAB_L2_EXTRA (extra L2 kernel
 # parameters for every scenario but boot-1cpu/boot-2cpu, e.g. `noapic`; default none).
 set -euo pipefail
 
@@ -195,4 +196,6 @@ if [ "$nk" -gt 0 ]; then
 else
     echo "$np passed, $nf failed"
 fi
-[ "$nf" = 0 ] && [ "$nk" = 0 ]
+# LAB_FLAKY_OK=1 (CI): scenarios still FLAKE-L1 after the retry are reported but do not fail
+# the run; they are faults of the emulated L1, not of ferry or the guest. A FAIL always fails.
+[ "$nf" = 0 ] && { [ "$nk" = 0 ] || [ "${LAB_FLAKY_OK:-0}" = 1 ]; }
