@@ -175,8 +175,15 @@ pub const MAX_REFILL_TIME_MS: u64 = 24 * 3600 * 1000;
 
 impl TokenBucket {
     /// `size` 0 means "no bucket" (how a PATCH removes a limit, as on Firecracker); a real
-    /// bucket needs a `refill_time` of 1 ms to one day.
+    /// bucket needs a `refill_time` of 1 ms. No `refill_time` may exceed one day, bucket or not
+    /// (the OpenAPI document says so for every bucket).
     pub fn validate(&self, field: &str) -> Result<(), String> {
+        if self.refill_time > MAX_REFILL_TIME_MS {
+            return Err(format!(
+                "{field}: refill_time {} ms is above the limit of {MAX_REFILL_TIME_MS} ms (one day)",
+                self.refill_time
+            ));
+        }
         if self.size == 0 {
             return Ok(());
         }
@@ -184,12 +191,6 @@ impl TokenBucket {
             return Err(format!(
                 "{field}: refill_time must be at least 1 ms for a bucket of size {}",
                 self.size
-            ));
-        }
-        if self.refill_time > MAX_REFILL_TIME_MS {
-            return Err(format!(
-                "{field}: refill_time {} ms is above the limit of {MAX_REFILL_TIME_MS} ms (one day)",
-                self.refill_time
             ));
         }
         Ok(())

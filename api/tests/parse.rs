@@ -469,6 +469,13 @@ fn rate_limiter_values_are_checked() {
         r#"{"drive_id": "a", "path_on_host": "/img", "is_root_device": false, "rate_limiter": {"bandwidth": {"size": 18446744073709551616, "refill_time": 1}}}"#
     )
     .contains("invalid"));
+    // No refill_time may exceed a day, even on a size-0 (removing) bucket: the schema says so.
+    assert!(bad(
+        "PATCH",
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 0, "refill_time": 86400001}}}"#
+    )
+    .contains("tx_rate_limiter.ops: refill_time 86400001 ms is above the limit"));
     // Size 0 is "no bucket" (Firecracker's way to remove a limit): accepted, and not kept.
     let ApiRequest::PutDrive(drive) = ok(
         "PUT",
