@@ -20,6 +20,8 @@ const NBUF: usize = super::virtio::QUEUE_SIZE as usize;
 const PING_ID: u16 = 0x5052;
 const PING_PAYLOAD: &[u8; 32] = b"ferry-probe icmp echo payload...";
 const ARP_RETRY_MS: u64 = 500;
+/// Longest wait for the device to take the last queued frames before the test ends.
+const TX_DRAIN_MS: u64 = 5000;
 const ARP_TRIES: u32 = 6;
 const PING_INTERVAL_MS: u64 = 200;
 const REPLY_WAIT_MS: u64 = 1000;
@@ -84,6 +86,8 @@ pub fn run(st: &State) {
     let result = setup(&d, ip, peer_ip, cfg.net_count).map(|mut nic| {
         let sent = nic.exchange(cfg.net_count);
         nic.linger(cfg.net_linger_ms, cfg.net_answer);
+        // Replies still on the TX ring would be lost when the device is reset below.
+        nic.drain_tx(TX_DRAIN_MS);
         (nic, sent)
     });
     d.reset();
@@ -253,6 +257,16 @@ impl Nic {
     }
 
     /// Polls until `done` holds or `ms` elapse.
+    /// Waits until the device has taken every frame queued for transmission (or `ms` passed).
+    fn drain_tx(&mut self, ms: u64) {
+        let deadline = tsc::deadline_ms(ms);
+        while self.tx_inflight > 0 && !tsc::expired(deadline) {
+            while self.tx.pop_used().is_some() {
+                self.tx_inflight = self.tx_inflight.saturating_sub(1);
+            }
+        }
+    }
+
     fn poll_for(&mut self, ms: u64, done: impl Fn(&Nic) -> bool) {
         let deadline = tsc::deadline_ms(ms);
         while !done(self) && !tsc::expired(deadline) {
