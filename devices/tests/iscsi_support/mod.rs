@@ -93,27 +93,18 @@ impl Tgtd {
 
     /// Starts the daemon on this instance's ports and configures the target again.
     pub fn spawn(&mut self) {
-        let bin = tgtd_binary();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("tgtd.log"))
-            .expect("log");
-        let child = Command::new(bin)
-            .args([
-                "-f",
-                "--iscsi",
-                &format!("portal=127.0.0.1:{}", self.port),
-                &format!("--control-port={}", self.cport),
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("cannot start tgtd");
-        self.child = Some(child);
-        // Configure through the control socket, retrying until the daemon is up.
-        self.admin_retry(&["--op", "new", "--mode", "target", "--tid", "1", "-T", IQN]);
+        // Every start takes a fresh control port: the control socket's lock is named after it,
+        // and one still held (a daemon just killed, another test's) must not stop this start.
+        for attempt in 0.. {
+            self.cport = 1024 + free_port() % 31_000;
+            self.start_daemon();
+            // Configure through the control socket, retrying until the daemon is up.
+            match self.admin_retry(&["--op", "new", "--mode", "target", "--tid", "1", "-T", IQN]) {
+                Ok(()) => break,
+                Err(log) if log.contains("another tgtd is using") && attempt < 5 => continue,
+                Err(log) => panic!("tgtd exited; log: {log}"),
+            }
+        }
         let file = self.lun_file.display().to_string();
         self.admin(&[
             "--op",
@@ -242,6 +233,27 @@ impl Tgtd {
         self.wait_portal();
     }
 
+    fn start_daemon(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tgtd.log"))
+            .expect("log");
+        let child = Command::new(tgtd_binary())
+            .args([
+                "-f",
+                "--iscsi",
+                &format!("portal=127.0.0.1:{}", self.port),
+                &format!("--control-port={}", self.cport),
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("cannot start tgtd");
+        self.child = Some(child);
+    }
+
     fn tgtadm(&self, args: &[&str]) -> std::process::Output {
         Command::new("tgtadm")
             .arg(format!("--control-port={}", self.cport))
@@ -260,15 +272,17 @@ impl Tgtd {
         );
     }
 
-    fn admin_retry(&mut self, args: &[&str]) {
+    /// Runs tgtadm until the daemon answers; `Err(log)` when the daemon exited instead.
+    fn admin_retry(&mut self, args: &[&str]) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let out = self.tgtadm(args);
             if out.status.success() {
-                return;
+                return Ok(());
             }
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("tgtd exited ({st}); log: {}", self.log());
+                self.child = None;
+                return Err(format!("({st}) {}", self.log()));
             }
             assert!(
                 Instant::now() < deadline,
