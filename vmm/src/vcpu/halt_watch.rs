@@ -26,8 +26,11 @@ use super::VcpuRequest;
 
 /// Time between two checks.
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
-/// Consecutive checks that must find the guest stopped.
-const CONFIRMATIONS: u32 = 2;
+/// Consecutive checks that must find the guest stopped (5 s). Generous on purpose: a guest that
+/// really powered off stays halted for good, so waiting costs only seconds, while a transient
+/// misreading (the nested lab once saw a Linux guest end during boot, cause not yet known) must
+/// never end a live guest.
+const CONFIRMATIONS: u32 = 10;
 /// How long a check waits for a vCPU's answer (a paused or busy thread answers late).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
