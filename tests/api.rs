@@ -212,12 +212,20 @@ fn configure_boot_and_drive_a_guest_over_the_socket() {
     assert_eq!(get(&socket, "/")["state"], "Running");
     assert!(vm.is_running());
 
-    // Shutdown through the API ends ferry with status 0.
+    // Ctrl-Alt-Del goes to the guest's keyboard (this guest ignores it); PowerOff ends ferry
+    // with status 0.
     ok(
         &socket,
         "PUT",
         "/actions",
         json!({"action_type": "SendCtrlAltDel"}),
+    );
+    assert_eq!(get(&socket, "/")["state"], "Running");
+    ok(
+        &socket,
+        "PUT",
+        "/actions",
+        json!({"action_type": "PowerOff"}),
     );
     let status = vm.wait_exit(DEADLINE);
     assert_eq!(status.code(), Some(0), "{}", vm.stderr());

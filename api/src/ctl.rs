@@ -20,6 +20,10 @@ pub const SNAPSHOT_STATE_FILE: &str = "vmstate";
 pub const SNAPSHOT_MEMORY_FILE: &str = "memory";
 /// How often `migrate` polls `GET /migration` while waiting.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// `shutdown --graceful`'s default wait before the VM is ended.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_S: u64 = 30;
+/// How long `shutdown` waits for ferry to exit once the VM was told to end.
+const POWER_OFF_WAIT: Duration = Duration::from_secs(30);
 
 /// `ferry ctl --api-socket PATH [--json] COMMAND`.
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
@@ -43,8 +47,16 @@ pub enum CtlCommand {
     Pause,
     /// Resume a paused guest.
     Resume,
-    /// Ask the guest to shut down (Ctrl-Alt-Del / ACPI power off).
-    Shutdown,
+    /// End the guest: at once, or with `--graceful` ask it to shut down (ACPI power button, or
+    /// Ctrl-Alt-Del for a guest without ACPI) and end it only if it has not after `--timeout`.
+    Shutdown {
+        /// Ask the guest first and wait for it to power off.
+        #[arg(long)]
+        graceful: bool,
+        /// Seconds to wait for a graceful shutdown before ending the VM.
+        #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_S, requires = "graceful")]
+        timeout: u64,
+    },
     /// Make the guest see a drive's new size after its backing file or device grew.
     ResizeDisk {
         /// The drive id.
@@ -124,18 +136,7 @@ pub fn run_ctl(socket: &Path, command: CtlCommand, json: bool) -> Result<String,
         CtlCommand::Info => info(&api, json),
         CtlCommand::Pause => set_state(&api, "Paused", json),
         CtlCommand::Resume => set_state(&api, "Resumed", json),
-        CtlCommand::Shutdown => {
-            api.call(
-                "PUT",
-                "/actions",
-                Some(json!({ "action_type": "SendCtrlAltDel" })),
-            )?;
-            Ok(done(
-                json,
-                "shutdown requested",
-                json!({ "action": "SendCtrlAltDel" }),
-            ))
-        }
+        CtlCommand::Shutdown { graceful, timeout } => shutdown(&api, graceful, timeout, json),
         CtlCommand::ResizeDisk { id } => resize_disk(&api, &id, json),
         CtlCommand::Snapshot { to, keep_paused } => snapshot(&api, &to, keep_paused, json),
         CtlCommand::Migrate {
@@ -244,6 +245,95 @@ fn info(api: &Api, json: bool) -> Result<String, CtlError> {
             info.vmm_version
         )
     })
+}
+
+/// Whether the ferry behind the socket has exited (nothing accepts connections any more).
+fn gone(api: &Api) -> bool {
+    matches!(
+        api.0.request("GET", "/", None),
+        Err(ClientError::Connect(..))
+    )
+}
+
+/// Polls until ferry has exited or `wait` has passed; true when it exited.
+fn wait_gone(api: &Api, wait: Duration) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if gone(api) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Ends the VM at once (`PowerOff`) and waits for ferry to exit.
+fn power_off(api: &Api) -> Result<(), CtlError> {
+    match api.call(
+        "PUT",
+        "/actions",
+        Some(json!({ "action_type": "PowerOff" })),
+    ) {
+        Ok(_) => {}
+        // It ended on its own between the last look and this request.
+        Err(CtlError::Client(ClientError::Connect(..))) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if wait_gone(api, POWER_OFF_WAIT) {
+        Ok(())
+    } else {
+        Err(CtlError::BadResponse(format!(
+            "ferry still answers {} s after PowerOff",
+            POWER_OFF_WAIT.as_secs()
+        )))
+    }
+}
+
+/// `shutdown [--graceful [--timeout S]]`.
+fn shutdown(api: &Api, graceful: bool, timeout: u64, json: bool) -> Result<String, CtlError> {
+    if !graceful {
+        power_off(api)?;
+        return Ok(done(
+            json,
+            "powered off",
+            json!({ "graceful": false, "powered_off": true }),
+        ));
+    }
+    // The ACPI power button; a guest started without ACPI has none: Ctrl-Alt-Del instead.
+    let asked = match api.call(
+        "PUT",
+        "/actions",
+        Some(json!({ "action_type": "PowerButton" })),
+    ) {
+        Ok(_) => "PowerButton",
+        Err(CtlError::Server {
+            status: 400,
+            fault_message,
+        }) if fault_message.contains("ACPI") => {
+            api.call(
+                "PUT",
+                "/actions",
+                Some(json!({ "action_type": "SendCtrlAltDel" })),
+            )?;
+            "SendCtrlAltDel"
+        }
+        Err(e) => return Err(e),
+    };
+    if wait_gone(api, Duration::from_secs(timeout)) {
+        return Ok(done(
+            json,
+            &format!("guest shut down ({asked})"),
+            json!({ "graceful": true, "requested_with": asked }),
+        ));
+    }
+    power_off(api)?;
+    Ok(done(
+        json,
+        &format!("guest did not shut down within {timeout} s after {asked}; powered off"),
+        json!({ "graceful": false, "requested_with": asked, "powered_off": true }),
+    ))
 }
 
 fn set_state(api: &Api, state: &str, json: bool) -> Result<String, CtlError> {

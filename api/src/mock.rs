@@ -177,6 +177,19 @@ fn handle(s: &mut State, request: ApiRequest) -> Result<ApiResponse, ApiResponse
             post_boot(s, "SendCtrlAltDel")?;
             ApiResponse::NoContent
         }
+        R::Action(ActionType::PowerButton) => {
+            post_boot(s, "PowerButton")?;
+            if !s.config.machine.acpi {
+                return Err(ApiResponse::bad_request(
+                    "this guest has no ACPI power button (started with ACPI off)",
+                ));
+            }
+            ApiResponse::NoContent
+        }
+        R::Action(ActionType::PowerOff) => {
+            post_boot(s, "PowerOff")?;
+            ApiResponse::NoContent
+        }
         R::Action(ActionType::FlushMetrics) => {
             if s.metrics.is_none() {
                 return Err(ApiResponse::bad_request("no metrics file: PUT /metrics first"));

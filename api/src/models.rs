@@ -491,9 +491,15 @@ impl NetworkInterfacePatch {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ActionType {
     InstanceStart,
-    /// Ask the guest to shut down (Firecracker presses Ctrl-Alt-Del on an i8042).
+    /// Press Ctrl-Alt-Del on the guest's i8042 keyboard, as Firecracker does; the guest decides
+    /// what it means (Linux: its init's Ctrl-Alt-Del handling, or a reboot).
     SendCtrlAltDel,
     FlushMetrics,
+    /// ferry's extension: press the ACPI power button (the guest shuts down cleanly if it
+    /// handles the button). 400 for a guest started with ACPI off.
+    PowerButton,
+    /// ferry's extension: end the VM at once, as pulling the power cord does (ferry exits 0).
+    PowerOff,
 }
 
 #[derive(Deserialize)]

@@ -9,9 +9,17 @@
 //!                         │         I/O ports (see `devices::legacy::AcpiPm`); X_DSDT ──┐
 //!                         ├── MADT  one local APIC per vCPU, the IOAPIC (GSI base 0)   │
 //!                         └─────────────────────────────────────────────────── DSDT ◄──┘
-//!                                   \_SB.COM1 (PNP0501: 0x3f8, IRQ 4), \_SB.Vnnn (LNRO0005:
-//!                                   one virtio-mmio window + interrupt each), \_S5_
+//!                                   \_SB.COM1 (PNP0501: 0x3f8, IRQ 4), \_SB.PS2K (PNP0303:
+//!                                   the i8042, IRQ 1), \_SB.Vnnn (LNRO0005: one virtio-mmio
+//!                                   window + interrupt each), \_SB.GED_ (ACPI0013, IRQ 23) and
+//!                                   \_SB.PWRB (PNP0C0C), \_S5_
 //! ```
+//!
+//! The power button: a hardware-reduced machine has no fixed power button and no SCI, so the
+//! button is a control-method device (`PNP0C0C`) that a Generic Event Device notifies. ferry
+//! latches the event in the GED event register ([`GED_EVENT_PORT`]) and raises the GED's
+//! interrupt; the guest's ACPI interpreter runs the GED's `_EVT`, which reads (and so clears) the
+//! register and sends `Notify (PWRB, 0x80)`: Linux's `button` driver reports KEY_POWER.
 //!
 //! The tables live in the BIOS area 0xe0000–0xfffff, where Linux also scans for the RSDP; its
 //! address is handed over in the PVH start info and the zero page too. No MADT interrupt source
@@ -28,7 +36,7 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
 
-use crate::layout::{IOAPIC_ADDR, LAPIC_ADDR, SERIAL_IRQ};
+use crate::layout::{GED_IRQ, IOAPIC_ADDR, LAPIC_ADDR, SERIAL_IRQ};
 
 /// Where the RSDP goes (the start of the area Linux scans for it).
 pub const RSDP_ADDR: u64 = 0xe0000;
@@ -44,6 +52,11 @@ pub const RESET_VALUE: u8 = 1;
 // The three registers are consecutive ports of one device.
 const _: () = assert!(SLEEP_STATUS_PORT == SLEEP_CONTROL_PORT + 1);
 const _: () = assert!(RESET_PORT == SLEEP_CONTROL_PORT + 2);
+/// I/O port of the GED event register: pending events, cleared by the read (`_EVT` reads it).
+pub const GED_EVENT_PORT: u16 = 0x603;
+const _: () = assert!(GED_EVENT_PORT == SLEEP_CONTROL_PORT + 3);
+/// The power button's bit in the GED event register.
+pub const GED_EVENT_POWER_BUTTON: u8 = 1 << 0;
 /// `SLP_TYP` of S5 (soft off) in `\_S5_`, and so in the value written to the control register.
 pub const S5_SLEEP_TYPE: u8 = 5;
 /// `SLP_EN` in the sleep control register.
@@ -52,7 +65,7 @@ pub const SLEEP_ENABLE: u8 = 1 << 5;
 const OEM_ID: [u8; 6] = *b"FERRY ";
 const OEM_TABLE_ID: [u8; 8] = *b"FERRYVM ";
 const OEM_REVISION: u32 = 1;
-/// IA-PC boot architecture flags: an 8042 is present (bit 1; ferry's i8042 does resets), no VGA
+/// IA-PC boot architecture flags: an 8042 is present (bit 1; ferry's i8042 has a keyboard), no VGA
 /// (bit 2), no MSI (bit 3: there is no PCI), no CMOS RTC (bit 5).
 const IAPC_BOOT_ARCH: u16 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 5);
 
@@ -156,10 +169,14 @@ fn madt(cpus: u8) -> MADT {
     madt
 }
 
-/// The DSDT: the serial port, every virtio-mmio device and the S5 sleep state.
+/// The DSDT: the serial port, the keyboard controller, every virtio-mmio device, the power button
+/// with its event device, and the S5 sleep state.
 fn dsdt(devices: &[MmioDevice]) -> Result<Vec<u8>, AcpiError> {
     let mut body = Vec::new();
     let com1 = Com1Aml;
+    let keyboard = KeyboardAml;
+    let power_button = PowerButtonAml;
+    let ged = GedAml;
     let mut virtio = Vec::with_capacity(devices.len());
     for (index, dev) in devices.iter().enumerate() {
         let base = u32::try_from(dev.base).map_err(|_| AcpiError::AddressTooHigh(dev.base))?;
@@ -172,8 +189,10 @@ fn dsdt(devices: &[MmioDevice]) -> Result<Vec<u8>, AcpiError> {
             irq: aml::Interrupt::new(true, true, false, false, dev.irq),
         });
     }
-    let mut children: Vec<&dyn Aml> = vec![&com1];
+    let mut children: Vec<&dyn Aml> = vec![&com1, &keyboard];
     children.extend(virtio.iter().map(|v| v as &dyn Aml));
+    children.push(&power_button);
+    children.push(&ged);
     aml::Scope::new("_SB_".into(), children).to_aml_bytes(&mut body);
 
     let s5_type = S5_SLEEP_TYPE;
@@ -202,6 +221,93 @@ impl Aml for Com1Aml {
                         &aml::Interrupt::new(true, true, false, false, SERIAL_IRQ),
                     ]),
                 ),
+            ],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
+/// The i8042 with its keyboard (`PNP0303`: data 0x60, command/status 0x64, IRQ 1). With no
+/// `PNP0F13` beside it, Linux knows there is no PS/2 mouse port and does not probe one.
+struct KeyboardAml;
+
+impl Aml for KeyboardAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        aml::Device::new(
+            "PS2K".into(),
+            vec![
+                &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0303")),
+                &aml::Name::new("_UID".into(), &aml::ZERO),
+                &aml::Name::new(
+                    "_CRS".into(),
+                    &aml::ResourceTemplate::new(vec![
+                        &aml::IO::new(0x60, 0x60, 1, 1),
+                        &aml::IO::new(0x64, 0x64, 1, 1),
+                        &aml::Interrupt::new(true, true, false, false, 1),
+                    ]),
+                ),
+            ],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
+/// The power button, a control-method device the GED notifies.
+struct PowerButtonAml;
+
+impl Aml for PowerButtonAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        aml::Device::new(
+            "PWRB".into(),
+            vec![
+                &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C")),
+                &aml::Name::new("_UID".into(), &aml::ZERO),
+            ],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
+/// The Generic Event Device (`ACPI0013`): its interrupt makes the guest run `_EVT`, which reads
+/// the event register and notifies the power button when its bit is set.
+struct GedAml;
+
+impl Aml for GedAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        let hid: &'static str = "ACPI0013";
+        let port = u64::from(GED_EVENT_PORT);
+        let length = 1u8;
+        let irq = aml::Interrupt::new(true, true, false, false, GED_IRQ);
+        let crs = aml::ResourceTemplate::new(vec![&irq]);
+        let region =
+            aml::OpRegion::new("GDST".into(), aml::OpRegionSpace::SystemIO, &port, &length);
+        let field = aml::Field::new(
+            "GDST".into(),
+            aml::FieldAccessType::Byte,
+            aml::FieldLockRule::NoLock,
+            aml::FieldUpdateRule::Preserve,
+            vec![aml::FieldEntry::Named(*b"GDAT", 8)],
+        );
+        let events = aml::Local(0);
+        let register = aml::Path::new("GDAT");
+        let read = aml::Store::new(&events, &register);
+        let button_bit = GED_EVENT_POWER_BUTTON;
+        let masked = aml::And::new(&aml::ZERO, &events, &button_bit);
+        let pressed = aml::Equal::new(&masked, &button_bit);
+        let notify_code = 0x80u8;
+        let button = aml::Path::new("\\_SB_.PWRB");
+        let notify = aml::Notify::new(&button, &notify_code);
+        let on_button = aml::If::new(&pressed, vec![&notify]);
+        let evt = aml::Method::new("_EVT".into(), 1, true, vec![&read, &on_button]);
+        aml::Device::new(
+            "GED_".into(),
+            vec![
+                &aml::Name::new("_HID".into(), &hid),
+                &aml::Name::new("_UID".into(), &aml::ZERO),
+                &aml::Name::new("_CRS".into(), &crs),
+                &region,
+                &field,
+                &evt,
             ],
         )
         .to_aml_bytes(sink);
@@ -359,6 +465,58 @@ mod tests {
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
         // PNP0501 as an EISA id: 0x0105d041.
         assert!(dsdt.windows(4).any(|w| w == 0x0105_d041u32.to_le_bytes()));
+    }
+
+    /// The DSDT's AML is what ACPICA (the interpreter Linux uses) reads: `iasl` disassembles it
+    /// without errors into the devices and the power button's `_EVT` method.
+    #[test]
+    fn dsdt_disassembles_with_acpica_into_the_expected_objects() {
+        let t = build(2, &DEVICES).unwrap();
+        let dsdt = t
+            .blobs
+            .iter()
+            .map(|(_, b)| b.as_slice())
+            .find(|b| &b[..4] == b"DSDT")
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("ferry-dsdt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let aml = dir.join("dsdt.aml");
+        std::fs::write(&aml, dsdt).unwrap();
+        let out = std::process::Command::new("iasl")
+            .arg("-d")
+            .arg(&aml)
+            .output()
+            .expect("iasl (Debian package acpica-tools; .ci/run installs it)");
+        let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "iasl -d failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let compact: String = dsl.split_whitespace().collect::<Vec<_>>().join(" ");
+        for want in [
+            "Device (COM1)",
+            "EisaId (\"PNP0501\")",
+            "Device (PS2K)",
+            "EisaId (\"PNP0303\")",
+            "Device (V000)",
+            "Device (V001)",
+            "Name (_HID, \"LNRO0005\")",
+            "0x00000017,",
+            "Device (PWRB)",
+            "EisaId (\"PNP0C0C\")",
+            "Device (GED)",
+            "Name (_HID, \"ACPI0013\"",
+            "OperationRegion (GDST, SystemIO, 0x0603, One)",
+            "Method (_EVT, 1, Serialized)",
+            "If (((Local0 & One) == One))",
+            "Notify (\\_SB.PWRB, 0x80)",
+            "Name (_S5, Package (0x04)",
+        ] {
+            assert!(compact.contains(want), "{want:?} missing in:\n{dsl}");
+        }
     }
 
     #[test]

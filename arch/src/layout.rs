@@ -56,7 +56,10 @@ pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 pub const SERIAL_IRQ: u32 = 4;
 /// First and last IOAPIC pins handed to virtio devices.
 pub const VIRTIO_IRQ_FIRST: u32 = 5;
-pub const VIRTIO_IRQ_LAST: u32 = 23;
+pub const VIRTIO_IRQ_LAST: u32 = 22;
+/// The IOAPIC pin of the ACPI Generic Event Device (the power button; `acpi`). The last pin,
+/// outside the ISA range, so no legacy driver probing a COM port or a PS/2 mouse can claim it.
+pub const GED_IRQ: u32 = 23;
 /// IOAPIC pins (GSIs) the MP table routes.
 pub const IOAPIC_PINS: u32 = 24;
 

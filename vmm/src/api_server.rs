@@ -231,11 +231,21 @@ impl ApiService {
                 ApiResponse::NoContent
             }
             ApiRequest::Action(ActionType::SendCtrlAltDel) => {
-                // ferry's i8042 has no keyboard: power the guest off instead.
+                c.legacy()?.send_ctrl_alt_del()?;
+                log::info!("Ctrl-Alt-Del pressed on the guest's keyboard");
+                ApiResponse::NoContent
+            }
+            ApiRequest::Action(ActionType::PowerButton) => {
+                c.legacy()?.press_power_button()?;
+                log::info!("ACPI power button pressed");
+                ApiResponse::NoContent
+            }
+            ApiRequest::Action(ActionType::PowerOff) => {
                 let exit = c.exit_code().cloned().ok_or(VmmError::InvalidState {
                     state: c.state().name(),
-                    action: "a shutdown",
+                    action: "powering off",
                 })?;
+                log::info!("VM powered off through the API");
                 exit.request(0);
                 ApiResponse::NoContent
             }

@@ -12,19 +12,20 @@ use ferry_api::{DriveConfig, SerialOutput as SerialOutputConfig, VmConfig, DEFAU
 use ferry_arch::boot::{self, BootPreference, LoadedInitrd};
 use ferry_arch::cpuid::{filter_cpuid, CpuFeature};
 use ferry_arch::layout::{virtio_mmio_addr, VIRTIO_IRQ_FIRST, VIRTIO_MMIO_SIZE};
-use ferry_arch::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MPTABLE_ADDR, SERIAL_IRQ};
+use ferry_arch::layout::{GED_IRQ, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MPTABLE_ADDR, SERIAL_IRQ};
 use ferry_arch::regs::{self, BootProtocol};
 use ferry_arch::{acpi, mptable, GuestMemory};
 use ferry_devices::bus::Bus;
 use ferry_devices::legacy::{
     AcpiPm, ExitCode, ExitDevice, Serial, SerialOutput, ACPI_PM_PORT, ACPI_PM_PORT_LEN, COM1_PORT,
-    COM_PORT_LEN, I8042, I8042_PORT_BASE, I8042_PORT_LEN,
+    COM_PORT_LEN, I8042, I8042_KBD_IRQ, I8042_PORT_BASE, I8042_PORT_LEN,
 };
 use vm_memory::Bytes;
 
 use crate::error::VmmError;
 use crate::event_loop::{SerialInput, Subscriber};
 use crate::kvm::open_kvm;
+use crate::legacy::LegacyDevices;
 use crate::memory::{create_guest_memory, register_memory};
 use crate::metrics::VcpuMetrics;
 use crate::vcpu::{Vcpu, VcpuContext};
@@ -46,6 +47,7 @@ pub struct BuiltVm {
     pub vcpus: Vec<Vcpu>,
     pub context: VcpuContext,
     pub serial: Arc<Mutex<Serial>>,
+    pub legacy: LegacyDevices,
     pub subscribers: Vec<Subscriber>,
     pub virtio: VirtioDevices,
 }
@@ -139,6 +141,7 @@ fn build(config: &VmConfig, options: &BuildOptions, mode: BuildMode) -> Result<B
         vcpus: parts.vcpus,
         context: parts.context,
         serial: parts.serial,
+        legacy: parts.legacy,
         subscribers: parts.subscribers,
         virtio: parts.virtio,
     })
@@ -149,6 +152,7 @@ struct BuiltParts {
     vcpus: Vec<Vcpu>,
     context: VcpuContext,
     serial: Arc<Mutex<Serial>>,
+    legacy: LegacyDevices,
     subscribers: Vec<Subscriber>,
     virtio: VirtioDevices,
 }
@@ -176,18 +180,22 @@ fn build_rest(
         u64::from(COM1_PORT),
         u64::from(COM_PORT_LEN),
     )?;
+    let keyboard_irq = irqfd(vm, I8042_KBD_IRQ, "i8042 keyboard")?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone(), Some(keyboard_irq))));
     pio.insert(
-        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        i8042.clone(),
         u64::from(I8042_PORT_BASE),
         u64::from(I8042_PORT_LEN),
     )?;
-    if config.machine.acpi {
-        pio.insert(
-            Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
-            u64::from(ACPI_PM_PORT),
-            ACPI_PM_PORT_LEN,
-        )?;
-    }
+    let acpi_pm = if config.machine.acpi {
+        let ged_irq = irqfd(vm, GED_IRQ, "ACPI GED")?;
+        let pm = Arc::new(Mutex::new(AcpiPm::new(exit.clone(), Some(ged_irq))));
+        pio.insert(pm.clone(), u64::from(ACPI_PM_PORT), ACPI_PM_PORT_LEN)?;
+        Some(pm)
+    } else {
+        None
+    };
+    let legacy = LegacyDevices { i8042, acpi_pm };
     if let Some(port) = config.exit_device_port {
         pio.insert(
             Arc::new(Mutex::new(ExitDevice::new(exit.clone()))),
@@ -250,9 +258,18 @@ fn build_rest(
         vcpus,
         context,
         serial,
+        legacy,
         subscribers,
         virtio,
     })
+}
+
+/// An eventfd registered as KVM's irqfd for `gsi`.
+fn irqfd(vm: &VmFd, gsi: u32, what: &str) -> Result<EventFd, VmmError> {
+    let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::io(format!("{what} eventfd")))?;
+    vm.register_irqfd(&fd, gsi)
+        .map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
+    Ok(fd)
 }
 
 fn advise_huge_pages(memory: &GuestMemory) {

@@ -21,6 +21,7 @@ use ferry_devices::persist::Persist;
 use crate::builder::{build_vm, build_vm_for_restore, BuildOptions, BuiltVm};
 use crate::error::VmmError;
 use crate::event_loop::{EventLoop, ParkGuard};
+use crate::legacy::LegacyDevices;
 use crate::metrics::VcpuMetrics;
 use crate::vcpu::{install_kick_handler, HaltWatch, VcpuHandle, VcpuRequest, VcpuState};
 use crate::virtio_devices::VirtioDevices;
@@ -58,6 +59,7 @@ struct RunningVm {
     /// Set while paused: the device thread is parked too.
     parked: Option<ParkGuard>,
     serial: Arc<Mutex<Serial>>,
+    legacy: LegacyDevices,
     exit: Arc<ExitCode>,
     metrics: Arc<VcpuMetrics>,
     virtio: VirtioDevices,
@@ -83,6 +85,7 @@ impl RunningVm {
             event_loop,
             parked: None,
             serial: built.serial,
+            legacy: built.legacy,
             exit: built.context.exit.clone(),
             metrics: built.context.metrics.clone(),
             virtio: built.virtio,
@@ -199,6 +202,7 @@ impl VmController {
             .unwrap_or_else(|p| p.into_inner())
             .restore_state(&snapshot.serial)
             .map_err(|e| VmmError::Device(e.to_string()))?;
+        vm.legacy.restore(&snapshot.legacy)?;
         vm.virtio.restore(&snapshot.virtio)?;
         Ok(())
     }
@@ -217,6 +221,7 @@ impl VmController {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .save_state(),
+            legacy: vm.legacy.save(),
             virtio: vm.virtio.save(),
         })
     }
@@ -265,6 +270,17 @@ impl VmController {
     }
 
     /// The exit signal of the running VM.
+    /// The keyboard and the power button, for `SendCtrlAltDel` and a graceful shutdown.
+    pub fn legacy(&self) -> Result<&LegacyDevices, VmmError> {
+        self.vm
+            .as_ref()
+            .map(|vm| &vm.legacy)
+            .ok_or(VmmError::InvalidState {
+                state: self.state.name(),
+                action: "pressing a key or a button",
+            })
+    }
+
     pub fn exit_code(&self) -> Option<&Arc<ExitCode>> {
         self.vm.as_ref().map(|vm| &vm.exit)
     }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod event_loop;
 pub mod firecracker_cli;
 pub mod kvm;
+pub mod legacy;
 pub mod logger;
 pub mod memory;
 pub mod metrics;

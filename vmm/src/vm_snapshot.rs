@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use ferry_api::VmConfig;
 use ferry_devices::legacy::SerialSnapshot;
 
+use crate::legacy::LegacySnapshot;
 use crate::vcpu::VcpuState;
 use crate::virtio_devices::VirtioSnapshot;
 use crate::vm_state::VmKvmState;
@@ -22,5 +23,9 @@ pub struct VmSnapshot {
     pub vcpus: Vec<VcpuState>,
     pub kvm: VmKvmState,
     pub serial: SerialSnapshot,
+    /// The keyboard controller and the ACPI power button (absent in snapshots from before they
+    /// were saved).
+    #[serde(default)]
+    pub legacy: LegacySnapshot,
     pub virtio: VirtioSnapshot,
 }

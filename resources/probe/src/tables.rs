@@ -300,6 +300,24 @@ pub fn acpi_power_off(mem: &dyn PhysMem, rsdp: u64) -> Option<AcpiPowerOff> {
     })
 }
 
+/// The I/O port of the power button's event register: the `SystemIO` operation region named
+/// `GDST` that the Generic Event Device's `_EVT` reads (ferry's DSDT). Reads
+/// `OperationRegion (GDST, SystemIO, <port>, <length>)` only, not arbitrary AML.
+pub fn ged_event_port(dsdt: &[u8]) -> Option<u16> {
+    const REGION: &[u8] = b"\x5b\x80GDST\x01";
+    let at = dsdt.windows(REGION.len()).position(|w| w == REGION)?;
+    let rest = dsdt.get(at + REGION.len()..)?;
+    let port = match *rest.first()? {
+        0x00 => 0,
+        0x01 => 1,
+        0x0a => u64::from(*rest.get(1)?),
+        0x0b => u64::from(u16::from_le_bytes([*rest.get(1)?, *rest.get(2)?])),
+        0x0c => u64::from(u32_at(rest.get(1..5)?, 0)),
+        _ => return None,
+    };
+    u16::try_from(port).ok()
+}
+
 /// The first element of `Name(_S5_, Package(){ SLP_TYPa, … })` in a DSDT.
 pub fn s5_sleep_type(dsdt: &[u8]) -> Option<u8> {
     let at = dsdt.windows(4).position(|w| w == b"_S5_")?;

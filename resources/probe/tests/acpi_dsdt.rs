@@ -114,3 +114,56 @@ fn power_off_register_and_s5_type_come_from_the_fadt_and_dsdt() {
     assert_eq!(s5_sleep_type(b"_S5_\x12\x06\x04\x00\x00"), Some(0));
     assert_eq!(s5_sleep_type(b"_S5_\x12"), None);
 }
+
+#[test]
+fn power_button_event_register_comes_from_the_geds_operation_region() {
+    use ferry_probe::tables::ged_event_port;
+    let mem = guest_with_tables(2, &devices(3));
+    let dsdt = find_dsdt(&mem, acpi::RSDP_ADDR).expect("DSDT");
+    assert_eq!(ged_event_port(dsdt), Some(acpi::GED_EVENT_PORT));
+    // The devices are still all found with the GED's interrupt after the last one.
+    let mut out = [VirtioMmioDev::default(); 4];
+    assert_eq!(dsdt_virtio_devices(dsdt, &mut out), 3);
+    assert_eq!(out[2].irq, 7);
+    // Other integer encodings, and what is not a port.
+    assert_eq!(ged_event_port(b"\x5b\x80GDST\x01\x0a\x42\x01"), Some(0x42));
+    assert_eq!(
+        ged_event_port(b"\x5b\x80GDST\x01\x0c\x03\x06\x00\x00"),
+        Some(0x603)
+    );
+    assert_eq!(
+        ged_event_port(b"\x5b\x80GDST\x01\x0c\x03\x06\x01\x00"),
+        None
+    );
+    assert_eq!(
+        ged_event_port(b"\x5b\x80GDST\x00\x0b\x03\x06"),
+        None,
+        "memory"
+    );
+    assert_eq!(
+        ged_event_port(b"\x5b\x80GDST\x01\x0b\x03"),
+        None,
+        "truncated"
+    );
+}
+
+/// The MADT and the MP table ferry writes for the same machine name the same CPUs (and the probe,
+/// like a guest, finds the same list through either).
+#[test]
+fn madt_and_mp_table_agree_for_1_2_and_4_cpus() {
+    use ferry_arch::{layout::MPTABLE_ADDR, mptable};
+    use ferry_probe::tables::{find_mp_floating, parse_madt, parse_mp, CpuList};
+    for cpus in [1u8, 2, 4] {
+        let mut mem = guest_with_tables(cpus, &devices(1));
+        let mp = mptable::build(MPTABLE_ADDR, cpus).expect("MP table");
+        let at = MPTABLE_ADDR as usize;
+        mem.0[at..at + mp.len()].copy_from_slice(&mp);
+        let fp = find_mp_floating(&mem).expect("MP floating pointer");
+        let (mut from_mp, mut from_madt) = (CpuList::default(), CpuList::default());
+        assert!(parse_mp(&mem, fp, &mut from_mp));
+        assert!(parse_madt(&mem, acpi::RSDP_ADDR, &mut from_madt));
+        let want: Vec<u8> = (0..cpus).collect();
+        assert_eq!(from_mp.ids(), want.as_slice(), "{cpus} cpus, MP table");
+        assert_eq!(from_madt.ids(), want.as_slice(), "{cpus} cpus, MADT");
+    }
+}

@@ -3,6 +3,7 @@
 mod basic;
 mod blk;
 mod boot;
+mod buttons;
 mod dirty;
 mod io;
 mod net;
@@ -51,6 +52,8 @@ pub struct State {
     pub virtio_source: &'static str,
     /// How to power off through ACPI, when the tables say.
     pub acpi_power_off: Option<tables::AcpiPowerOff>,
+    /// The power button's event register, when the DSDT has one.
+    pub ged_event_port: Option<u16>,
     /// Result of reading the boot information.
     pub boot_error: Option<BootError>,
 }
@@ -114,6 +117,7 @@ extern "C" fn prepare(arg: u64) -> u64 {
         cpus: CpuList::default(),
         virtio_source: "none",
         acpi_power_off: None,
+        ged_event_port: None,
         boot_error,
     });
     st.cfg = ProbeConfig::parse(&Cmdline::new(st.boot.cmdline()));
@@ -133,6 +137,7 @@ extern "C" fn prepare(arg: u64) -> u64 {
         st.virtio_source = "dsdt";
     }
     st.acpi_power_off = tables::acpi_power_off(&mem, rsdp);
+    st.ged_event_port = tables::find_dsdt(&mem, rsdp).and_then(tables::ged_event_port);
     0
 }
 
@@ -228,6 +233,8 @@ extern "C" fn probe_main(protocol: u32, info: u64) -> ! {
             b"info" => basic::info(st),
             b"halt" => basic::halt(),
             b"poweroff" => basic::power_off(st),
+            b"keyboard" => buttons::keyboard(),
+            b"power_button" => buttons::power_button(st),
             // Self-test of the exception path: #UD in ring 0, reported as a FAIL, exit 1.
             // SAFETY: ud2 raises #UD by design; the handler never returns.
             b"fault" => unsafe { core::arch::asm!("ud2", options(noreturn)) },
