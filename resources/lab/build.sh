@@ -107,9 +107,13 @@ log "L2 kernel (resources/linux/build-kernel.sh; ~6 minutes the first time)"
 l2_kernel="$("$repo/resources/linux/build-kernel.sh")"
 
 # --- L2 initramfs: busybox + the lab's guest /init + the stock virtio modules ----------------
-l2_mods="$(module_closure virtio_mmio virtio_blk virtio_net)"
+# (and the ACPI power button driver with evdev, which the power-button scenario reads)
+l2_mods="$(module_closure virtio_mmio virtio_blk virtio_net button evdev)"
+# util-linux's blkdiscard (busybox's has no -z) for write-zeroes, with the libraries it needs.
+l2_blkdiscard=/usr/sbin/blkdiscard
+[ -x "$l2_blkdiscard" ] || die "$l2_blkdiscard missing (Debian package util-linux)"
 l2_key="$( {
-    sha256sum <"$busybox"; sha256sum <"$here/l2/init"; echo "$kver $l2_mods"
+    sha256sum <"$busybox"; sha256sum <"$here/l2/init"; sha256sum <"$l2_blkdiscard"; echo "$kver $l2_mods"
     sed -n '/^# --- L2 initramfs/,/^# --- end L2/p' "${BASH_SOURCE[0]}"
 } | sha256sum | cut -c1-16)"
 l2_dir="$cache/l2-$l2_key"
@@ -124,6 +128,12 @@ if [ ! -f "$l2_dir/initramfs.cpio.gz" ]; then
     done
     cp "$here/l2/init" "$stage/init"
     chmod 0755 "$stage/init"
+    mkdir -p "$stage/usr/sbin"
+    cp -L "$l2_blkdiscard" "$stage/usr/sbin/blkdiscard"
+    for lib in $(ldd "$l2_blkdiscard" | awk '/=> \// { print $3 } /^[ \t]*\/lib/ { print $1 }'); do
+        mkdir -p "$stage$(dirname "$lib")"
+        cp -L "$lib" "$stage$lib"
+    done
     for f in $l2_mods; do
         mkdir -p "$stage/lib/modules/$kver/$(dirname "$f")"
         cp "$moddir/$f" "$stage/lib/modules/$kver/$f"

@@ -22,8 +22,9 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 all_scenarios=(boot-1cpu boot-2cpu boot-noapic serial reboot poweroff blk-read blk-write blk-ro
-    blk-discard net-tap net-macvtap lvm iscsi migrate-unix migrate-tcp snapshot
-    api-getting-started stock-kernel boot-time)
+    blk-discard net-tap net-macvtap lvm iscsi migrate-unix migrate-tcp migrate-net snapshot
+    api-getting-started stock-kernel stock-4cpu stock-poweroff stock-power-button stock-ctrl-alt-del
+    stock-migrate stock-snapshot boot-time)
 silence="${LAB_SILENCE_S:-90}"
 retries="${LAB_L1_RETRIES:-1}"
 l2extra="${LAB_L2_EXTRA:-}"

@@ -5,7 +5,7 @@
 # lab-l2: lines printed by resources/lab/l2/init) and from L1 (files, exit statuses).
 # Every ferry/qemu/tgtd started is bounded by `timeout` and killed by PID at the end.
 
-# shellcheck disable=SC2013,SC2129,SC2086 # $FA is one or two words; the command line and pid list are words; separate lvm logs are clearer
+# shellcheck disable=SC2013,SC2129,SC2086,SC2046 # $FA and the guest are several words; the command line and pid list are words; separate lvm logs are clearer
 K=/lab/vmlinux
 I=/lab/l2.cpio.gz
 # Extra L2 kernel parameters for the feature scenarios (not for boot-1cpu/boot-2cpu, which test
@@ -23,6 +23,22 @@ if ferry run --help 2>/dev/null | grep -q -- '--acpi'; then
     FA="--acpi off"
     JA=', "acpi": false'
 fi
+# ferry logs at info level in every scenario: why a VM ended (S5, reset, halt watch, triple
+# fault) lands in the run's .err file, which a failed scenario prints.
+mkdir -p /tmp/lab-bin
+cat >/tmp/lab-bin/ferry <<'WRAP'
+#!/bin/busybox sh
+case "$1" in
+run | receive)
+    c=$1
+    shift
+    exec /usr/bin/ferry "$c" --log-level info "$@"
+    ;;
+*) exec /usr/bin/ferry "$@" ;;
+esac
+WRAP
+chmod 0755 /tmp/lab-bin/ferry
+PATH=/tmp/lab-bin:$PATH
 # Debian's busybox runs its own applets before anything on PATH: the real iproute2 by path.
 IP=/usr/sbin/ip
 LVMC='activation { udev_sync = 0 udev_rules = 0 monitoring = 0 } devices { obtain_device_list_from_udev = 0 }'
@@ -228,17 +244,25 @@ sc_blk_discard() {
     bg l2 180 ferry run $FA --kernel "$K" --initrd "$I" --disk "path=$W/disk.img" --cmdline "lab.test=blk-discard $L2X"
     wait "$pid"
     rc=$?
+    zrc=$(ev "$W/l2.out" 'zeroout rc')
+    zz=$(ev "$W/l2.out" 'zeroed-range zero')
+    wzmax=$(ev "$W/l2.out" write_zeroes_max)
     drc=$(ev "$W/l2.out" 'blkdiscard rc')
-    gz=$(ev "$W/l2.out" 'range zero')
+    gz=$(ev "$W/l2.out" 'discarded-range zero')
     dmax=$(ev "$W/l2.out" discard_max)
     src=$(ev "$W/l2.out" 'sync rc')
+    zero2=$(dd if=/dev/zero bs=1M count=2 2>/dev/null | md5sum | cut -d' ' -f1)
+    fz2=$(dd if="$W/disk.img" bs=1M skip=1 count=2 2>/dev/null | md5sum | cut -d' ' -f1)
     zero=$(dd if=/dev/zero bs=1M count=4 2>/dev/null | md5sum | cut -d' ' -f1)
     fz=$(dd if="$W/disk.img" bs=1M skip=4 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
+    # The bytes around the two ranges keep L1's random pattern.
+    kept=$(dd if="$W/disk.img" bs=1M count=1 2>/dev/null | md5sum | cut -d' ' -f1)
     blocks=$(du -k "$W/disk.img" | cut -f1)
-    if [ "$rc" = 0 ] && [ "$drc" = 0 ] && [ "$gz" = yes ] && [ "$fz" = "$zero" ] && [ "$src" = 0 ]; then
-        pass "blkdiscard 4 MiB rc=0 (discard_max_bytes=$dmax), zeros in L2 and in the L1 file (file uses ${blocks} KiB of 16384), sync rc=0"
+    if [ "$rc" = 0 ] && [ "$zrc" = 0 ] && [ "$zz" = yes ] && [ "$fz2" = "$zero2" ] && [ "${wzmax:-0}" -gt 0 ] &&
+        [ "$drc" = 0 ] && [ "$gz" = yes ] && [ "$fz" = "$zero" ] && [ "$src" = 0 ] && [ "$kept" != "$zero2" ]; then
+        pass "write-zeroes 2 MiB (blkdiscard -z, write_zeroes_max_bytes=$wzmax) and discard 4 MiB (discard_max_bytes=$dmax) rc=0, zeros in L2 and in the L1 file, first MiB untouched (file uses ${blocks} KiB of 16384), sync rc=0"
     else
-        fail "discard_max=${dmax:-none} blkdiscard-rc=${drc:-none} guest-zero=${gz:-none} file-zero=$([ "$fz" = "$zero" ] && echo yes || echo no) sync-rc=${src:-none} $(l2why "$W/l2.out" "$rc")"
+        fail "write_zeroes_max=${wzmax:-none} zeroout-rc=${zrc:-none} guest-zeroed=${zz:-none} file-zeroed=$([ "$fz2" = "$zero2" ] && echo yes || echo no) discard_max=${dmax:-none} blkdiscard-rc=${drc:-none} guest-zero=${gz:-none} file-zero=$([ "$fz" = "$zero" ] && echo yes || echo no) sync-rc=${src:-none} $(l2why "$W/l2.out" "$rc")"
     fi
 }
 
@@ -381,12 +405,17 @@ sc_iscsi() {
 
 # --- migration and snapshot ----------------------------------------------------------------------
 stop_guest() { printf 'stop' | dd of="$1" bs=512 seek=1 conv=notrunc 2>/dev/null; }
+# The guest of the migration and snapshot scenarios: $GUEST (default: the lab's kernel) and extra
+# L2 parameters $END (`lab.end=poweroff`: the guest powers off when told to stop, and the
+# scenario checks that it could).
+lab_guest() { echo "${GUEST:-$FA --kernel $K --initrd $I}"; }
+powered_off() { [ -z "${END:-}" ] || grep -q 'reboot: Power down' "$1"; }
 mig_test() { # mig_test URL
     dd if=/dev/zero of="$W/disk.img" bs=1M count=4 2>/dev/null
     bg dst 300 ferry receive --listen "$1" --api-socket "$W/dst.sock"
     dpid=$pid
-    bg src 300 ferry run $FA --kernel "$K" --initrd "$I" --disk "path=$W/disk.img,id=disk0" --api-socket "$W/src.sock" \
-        --cmdline "lab.test=counter $L2X"
+    bg src 300 ferry run $(lab_guest) --disk "path=$W/disk.img,id=disk0" --api-socket "$W/src.sock" \
+        --cmdline "lab.test=counter ${END:-} $L2X"
     spid=$pid
     if ! waitfor "$W/src.out" 'lab-l2: count=3' 150 "$spid"; then
         fail "source guest never counted to 3: $(l2why "$W/src.out" -)"
@@ -405,8 +434,8 @@ mig_test() { # mig_test URL
     drc=$?
     last=$(evl "$W/dst.out" count)
     disk=$(head -c 14 "$W/disk.img" | sed -n 's/count=0*//p')
-    if [ "$mrc" = 0 ] && [ "$src_rc" = 0 ] && [ "$cont" = yes ] && [ "$drc" = 0 ] && [ "$first" = $((c + 1)) ] && [ "$disk" = "$last" ]; then
-        pass "migrate rc=0; source exit 0 at count=$c; destination continued count=$first..$last, exit 0; disk sector 0 count=$disk"
+    if [ "$mrc" = 0 ] && [ "$src_rc" = 0 ] && [ "$cont" = yes ] && [ "$drc" = 0 ] && [ "$first" = $((c + 1)) ] && [ "$disk" = "$last" ] && powered_off "$W/dst.out"; then
+        pass "migrate rc=0; source exit 0 at count=$c; destination continued count=$first..$last, exit 0${END:+ after the guest powered off (ACPI S5)}; disk sector 0 count=$disk"
     else
         fail "migrate-rc=$mrc source-exit=$src_rc src-last=${c:-none} dst-first=${first:-none} dst-last=${last:-none} dst-exit=$drc disk=${disk:-none} migrate: $(tail -n1 "$W/migrate.out" | cut -c1-120) $(l2why "$W/dst.out" "$drc")"
     fi
@@ -414,10 +443,91 @@ mig_test() { # mig_test URL
 sc_migrate_unix() { mig_test "unix:$W/mig.sock"; }
 sc_migrate_tcp() { mig_test "tcp:127.0.0.1:7777"; }
 
+# Migration of a guest with network traffic in flight: a TCP stream from a peer into the guest
+# and pings, across the move from ltap0 (source) to ltap1 (destination) on one bridge.
+sc_migrate_net() {
+    $IP netns add peer
+    $IP link add va type veth peer name vb
+    $IP link set vb netns peer
+    $IP -n peer link set lo up
+    $IP -n peer addr add 10.0.0.1/24 dev vb
+    $IP -n peer link set vb up
+    $IP link add br0 type bridge
+    $IP link set br0 up
+    $IP link set va master br0
+    $IP link set va up
+    for t in ltap0 ltap1; do
+        $IP tuntap add dev $t mode tap
+        $IP link set $t master br0
+        $IP link set $t up
+    done
+    dd if=/dev/zero of="$W/disk.img" bs=1M count=4 2>/dev/null
+    dd if=/dev/urandom of="$W/payload" bs=1M count=32 2>/dev/null
+    want=$(md5 "$W/payload")
+    bg dst 300 ferry receive --listen "unix:$W/mig.sock" --api-socket "$W/dst.sock" --net-map net0=tap:ltap1
+    dpid=$pid
+    bg src 300 ferry run $FA --kernel "$K" --initrd "$I" --disk "path=$W/disk.img,id=disk0" \
+        --net "tap=ltap0,id=net0" --api-socket "$W/src.sock" \
+        --cmdline "lab.test=counter-net lab.ip=10.0.0.2/24 lab.peer=10.0.0.1 $L2X"
+    spid=$pid
+    if ! waitfor "$W/src.out" 'lab-l2: count=2' 150 "$spid"; then
+        fail "source guest never counted to 2: $(l2why "$W/src.out" -)"
+        $IP netns del peer
+        $IP link del br0
+        return
+    fi
+    # 1 MiB every 0.25 s; the move starts once 4 MiB are sent, with the stream still running.
+    (
+        i=0
+        while [ "$i" -lt 32 ]; do
+            dd if="$W/payload" bs=1M skip="$i" count=1 2>/dev/null
+            i=$((i + 1))
+            [ "$i" = 4 ] && echo sent >"$W/sent4"
+            sleep 0.25
+        done
+    ) | $IP netns exec peer timeout -s KILL 250 nc 10.0.0.2 5001 >/dev/null 2>"$W/ncs.err" &
+    ncs=$!
+    echo "$ncs" >>"$W/pids"
+    $IP netns exec peer ping -i 0.2 -W 1 10.0.0.2 >"$W/ping.out" 2>&1 &
+    png=$!
+    echo "$png" >>"$W/pids"
+    waitfor "$W/sent4" sent 120 "$ncs"
+    ferry ctl --api-socket "$W/src.sock" migrate --to "unix:$W/mig.sock" >"$W/migrate.out" 2>&1
+    mrc=$?
+    wait "$spid"
+    src_rc=$?
+    c=$(evl "$W/src.out" count)
+    got=""
+    waitfor "$W/dst.out" 'lab-l2: rx-md5=' 200 "$dpid" && got=$(ev "$W/dst.out" rx-md5)
+    # Pings answered by the destination: replies after the move.
+    n0=$(grep -c 'bytes from' "$W/ping.out")
+    sleep 2
+    n1=$(grep -c 'bytes from' "$W/ping.out")
+    kill "$png" 2>/dev/null
+    wait "$ncs"
+    ncrc=$?
+    first=$(ev "$W/dst.out" count)
+    stop_guest "$W/disk.img"
+    wait "$dpid"
+    drc=$?
+    last=$(evl "$W/dst.out" count)
+    disk=$(head -c 14 "$W/disk.img" | sed -n 's/count=0*//p')
+    if [ "$mrc" = 0 ] && [ "$src_rc" = 0 ] && [ "$drc" = 0 ] && [ "$got" = "$want" ] && [ "$n1" -gt "$n0" ] &&
+        [ "$first" = $((c + 1)) ] && [ "$disk" = "$last" ]; then
+        pass "migrated mid-stream (ltap0 -> ltap1): 32 MiB TCP stream md5 match ($got), pings answered after the move ($n1 replies), counter $c -> $first..$last, disk count=$disk, all exits 0"
+    else
+        fail "migrate-rc=$mrc src-exit=$src_rc dst-exit=$drc stream md5 sent=$want got=${got:-none} (sender rc=$ncrc $(head -c 80 "$W/ncs.err")) ping-replies=$n0->$n1 src-last=${c:-none} dst-first=${first:-none} dst-last=${last:-none} disk=${disk:-none} migrate: $(tail -n1 "$W/migrate.out" | cut -c1-100) $(l2why "$W/dst.out" "$drc")"
+    fi
+    $IP netns del peer
+    $IP link del br0 2>/dev/null
+    $IP link del ltap0 2>/dev/null
+    $IP link del ltap1 2>/dev/null
+}
+
 sc_snapshot() {
     dd if=/dev/zero of="$W/disk.img" bs=1M count=4 2>/dev/null
-    bg a 300 ferry run $FA --kernel "$K" --initrd "$I" --disk "path=$W/disk.img,id=disk0" --api-socket "$W/a.sock" \
-        --cmdline "lab.test=counter $L2X"
+    bg a 300 ferry run $(lab_guest) --disk "path=$W/disk.img,id=disk0" --api-socket "$W/a.sock" \
+        --cmdline "lab.test=counter ${END:-} $L2X"
     apid=$pid
     if ! waitfor "$W/a.out" 'lab-l2: count=3' 150 "$apid"; then
         fail "guest never counted to 3: $(l2why "$W/a.out" -)"
@@ -438,8 +548,8 @@ sc_snapshot() {
     brc=$?
     first=$(ev "$W/b.out" count)
     last=$(evl "$W/b.out" count)
-    if [ "$src" = 0 ] && [ "$cont" = yes ] && [ "$brc" = 0 ] && [ "$first" = $((c + 1)) ]; then
-        pass "snapshot rc=0 at count=$c (${sz} KiB), source killed; restored guest continued count=$first..$last, exit 0"
+    if [ "$src" = 0 ] && [ "$cont" = yes ] && [ "$brc" = 0 ] && [ "$first" = $((c + 1)) ] && powered_off "$W/b.out"; then
+        pass "snapshot rc=0 at count=$c (${sz} KiB), source killed; restored guest continued count=$first..$last, exit 0${END:+ after the guest powered off (ACPI S5)}"
     else
         fail "snapshot-rc=$src count-at-snapshot=${c:-none} restored-first=${first:-none} last=${last:-none} restore-exit=$brc snapshot: $(tail -n1 "$W/snap.out" | cut -c1-100) $(l2why "$W/b.out" "$brc")"
     fi
@@ -498,6 +608,100 @@ sc_stock_kernel() {
         fail "stock kernel did not reach init: $(l2why "$W/l2.out" "$rc")"
     fi
 }
+
+# Debian's stock kernel with ferry's default ACPI machine.
+STOCK="--kernel /lab/vmlinuz-stock --boot linux --initrd $I --memory 512M"
+
+sc_stock_4cpu() {
+    bg l2 300 ferry run $STOCK --cpus 4 --cmdline "lab.test=boot $L2X"
+    wait "$pid"
+    rc=$?
+    cpus=$(ev "$W/l2.out" cpus)
+    ioapic=$(tr -d '\r' <"$W/l2.out" | grep -m1 -oE 'IOAPIC\[0\]: apic_id [0-9]+' | tr ' ' '_')
+    if [ "$rc" = 0 ] && [ "$cpus" = 4 ] && grep -q 'lab-l2: exit=0' "$W/l2.out"; then
+        pass "stock kernel from the MADT: cpus=4 ${ioapic:-no-IOAPIC-line}, ferry-exit=0"
+    else
+        fail "cpus=${cpus:-none} $(l2why "$W/l2.out" "$rc")"
+    fi
+}
+
+# gone_after FILE PATTERN PID: polls every 50 ms; prints an upper bound of the seconds from
+# PATTERN appearing in FILE to PID's exit (0.05 when both happened between two polls; nothing
+# when PATTERN never appeared or PID outlived 60 s).
+gone_after() {
+    i=0
+    while ! grep -q "$2" "$1" 2>/dev/null; do
+        if ! kill -0 "$3" 2>/dev/null; then
+            grep -q "$2" "$1" 2>/dev/null && echo 0.05
+            return
+        fi
+        [ "$i" -lt 6000 ] || return
+        sleep 0.05
+        i=$((i + 1))
+    done
+    t0=$(now)
+    i=0
+    while kill -0 "$3" 2>/dev/null; do
+        [ "$i" -lt 1200 ] || return
+        sleep 0.05
+        i=$((i + 1))
+    done
+    awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'
+}
+
+sc_stock_poweroff() {
+    bg l2 300 ferry run $STOCK --cmdline "lab.test=poweroff $L2X"
+    d=$(gone_after "$W/l2.out" 'reboot: Power down' "$pid")
+    wait "$pid"
+    rc=$?
+    if [ "$rc" = 0 ] && [ -n "$d" ] && awk -v d="$d" 'BEGIN { exit !(d <= 1.0) }'; then
+        pass "guest poweroff -f -> 'reboot: Power down' (ACPI S5) -> ferry exit 0 within ${d}s"
+    else
+        fail "seconds from 'reboot: Power down' to exit=${d:-never} $(l2why "$W/l2.out" "$rc")"
+    fi
+}
+
+sc_stock_power_button() {
+    bg l2 300 ferry run $STOCK --api-socket "$W/api.sock" --cmdline "lab.test=power-button $L2X"
+    if ! waitfor "$W/l2.out" 'lab-l2: power-button device=.* listening' 250 "$pid"; then
+        wait "$pid"
+        fail "guest never listened to a power button: $(l2why "$W/l2.out" $?)"
+        return
+    fi
+    t0=$(now)
+    ferry ctl --api-socket "$W/api.sock" shutdown --graceful --timeout 120 >"$W/ctl.out" 2>&1
+    crc=$?
+    t=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
+    wait "$pid"
+    rc=$?
+    if [ "$crc" = 0 ] && grep -q 'guest shut down (PowerButton)' "$W/ctl.out" && [ "$rc" = 0 ] &&
+        grep -q 'lab-l2: power-button pressed' "$W/l2.out" && grep -q 'reboot: Power down' "$W/l2.out"; then
+        pass "ferry ctl shutdown --graceful: GED -> PNP0C0C -> KEY_POWER on $(ev "$W/l2.out" device), guest shut down cleanly and powered off; ctl: '$(head -n1 "$W/ctl.out")' after ${t}s, ferry-exit=0"
+    else
+        fail "ctl-rc=$crc ctl: $(tr '\n' ' ' <"$W/ctl.out" | cut -c1-120) $(l2why "$W/l2.out" "$rc")"
+    fi
+}
+
+sc_stock_ctrl_alt_del() {
+    bg l2 300 ferry run $STOCK --api-socket "$W/api.sock" --cmdline "lab.test=cad $L2X"
+    if ! waitfor "$W/l2.out" 'lab-l2: waiting for ctrl-alt-del' 250 "$pid"; then
+        wait "$pid"
+        fail "guest never waited for Ctrl-Alt-Del: $(l2why "$W/l2.out" $?)"
+        return
+    fi
+    code=$(api_put "$W/api.sock" /actions '{"action_type": "SendCtrlAltDel"}')
+    wait "$pid"
+    rc=$?
+    kbd=$(ev "$W/l2.out" keyboard)
+    if [ "$code" = 204 ] && [ "$rc" = 0 ] && grep -q 'ctrl-alt-del: init got SIGINT' "$W/l2.out"; then
+        pass "PUT /actions SendCtrlAltDel=204 -> i8042 ${kbd:-keyboard?} -> kernel ctrl_alt_del -> SIGINT to init, ferry-exit=0"
+    else
+        fail "SendCtrlAltDel=$code keyboard=${kbd:-none} $(l2why "$W/l2.out" "$rc")"
+    fi
+}
+
+sc_stock_migrate() { GUEST=$STOCK END=lab.end=poweroff mig_test "unix:$W/mig.sock"; }
+sc_stock_snapshot() { GUEST=$STOCK END=lab.end=poweroff sc_snapshot; }
 
 # --- boot time, ferry vs QEMU microvm in the same L1 ----------------------------------------------
 # time_boot NAME CMD...: seconds from start to the guest's `lab-l2: init` line.
