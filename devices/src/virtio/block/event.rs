@@ -14,8 +14,21 @@ const EV_RATE_LIMITER: u32 = 3;
 
 impl Block {
     /// Adds the queue and backend fds to the event loop the first time the device activates;
-    /// they stay registered for the device's life.
+    /// they stay registered for the device's life, except a backend's after a swap: the retired
+    /// backends' notifiers are removed here (while their fds are still open), then the backends
+    /// are dropped and the current backend's notifier added.
     fn register_fds(&mut self, ops: &mut EventOps) {
+        for old in self.retired.drain(..) {
+            if let Some(fd) = old.notifier() {
+                if self.registered_backend_fd == Some(fd) {
+                    if let Err(e) = ops.remove(Events::with_data_raw(fd, EV_BACKEND, EventSet::IN))
+                    {
+                        log::error!("virtio-blk: cannot unwatch a replaced backend: {e}");
+                    }
+                    self.registered_backend_fd = None;
+                }
+            }
+        }
         if let Some(evt) = &self.queue_evt {
             let fd = evt.as_raw_fd();
             if self.registered_queue_fd != Some(fd) {
@@ -58,6 +71,7 @@ impl MutEventSubscriber for Block {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
+            // Activation, or a backend swap (see `swap`).
             EV_ACTIVATE => {
                 let _ = self.activate_evt.read();
                 self.register_fds(ops);

@@ -4,6 +4,7 @@
 //! * [`request`]: parsing and validating one request chain.
 //! * `queue`: popping requests, batching them to the backend, completing them.
 //! * `event`: the event-loop subscriber (activation, queue kicks, backend completions).
+//! * `swap`: replacing the backend of a live device (a new `path_on_host`).
 //! * `persist`: save/restore.
 //!
 //! One queue of [`config::QUEUE_SIZE`] entries. Requests are parsed into fixed *slots* (one per
@@ -14,10 +15,12 @@ mod event;
 mod persist;
 mod queue;
 pub mod request;
+mod swap;
 #[cfg(test)]
 mod tests;
 
 pub use persist::BlockState;
+pub use swap::SwapError;
 
 use std::io;
 use std::os::fd::RawFd;
@@ -98,6 +101,9 @@ pub struct Block {
     /// fds already added to the event loop (the loop keeps them for the device's life).
     registered_queue_fd: Option<RawFd>,
     registered_backend_fd: Option<RawFd>,
+    /// Backends replaced by [`Block::swap_backend`] whose notifier the device thread has yet to
+    /// unregister (it must happen before they close; see `swap`).
+    retired: Vec<Box<dyn DiskBackend>>,
 
     slots: Vec<Request>,
     free_slots: Vec<u16>,
@@ -141,6 +147,7 @@ impl Block {
             active: None,
             registered_queue_fd: None,
             registered_backend_fd: None,
+            retired: Vec::new(),
             slots: (0..depth).map(|_| Request::new()).collect(),
             free_slots: (0..depth as u16).rev().collect(),
             slot_busy: vec![false; depth],

@@ -1086,3 +1086,5 @@ fn rate_limited_request_survives_quiesce_and_limit_removal() {
     let saved = r.block.lock().unwrap().save_state();
     assert_eq!(saved.rate_limiter, Default::default());
 }
+
+mod swap;
