@@ -182,6 +182,11 @@ pub struct ProbeConfig {
     /// `probe.blk_rounds=N` (default 1; 0 = until the VM ends): write/flush/read-back rounds of
     /// the write mode, round `r` (from 1) with seed `SEED + r - 1`. See [`crate::BLK_STATUS_GPA`].
     pub blk_rounds: u64,
+    /// `probe.blk_changes=N` (default 1, at least 1): config changes the `blkchange` test waits
+    /// for (a VMM swapping or resizing the disk under it).
+    pub blk_changes: u64,
+    /// `probe.blk_change_s=S` (default 120, at least 1): longest wait for one config change.
+    pub blk_change_s: u64,
     /// `probe.net_ip=A.B.C.D/NN`.
     pub net_ip: Option<([u8; 4], u8)>,
     /// `probe.net_peer=E.F.G.H`.
@@ -215,6 +220,8 @@ impl Default for ProbeConfig {
             blk_kib: 256,
             blk_write: None,
             blk_rounds: 1,
+            blk_changes: 1,
+            blk_change_s: 120,
             net_ip: None,
             net_peer: None,
             net_count: 5,
@@ -257,6 +264,14 @@ impl ProbeConfig {
                     .is_some(),
                 b"blk_write" => set(&mut cfg.blk_write, parse_u64(value)),
                 b"blk_rounds" => parse_u64(value).map(|v| cfg.blk_rounds = v).is_some(),
+                b"blk_changes" => parse_u64(value)
+                    .filter(|&v| v > 0)
+                    .map(|v| cfg.blk_changes = v)
+                    .is_some(),
+                b"blk_change_s" => parse_u64(value)
+                    .filter(|&v| v > 0)
+                    .map(|v| cfg.blk_change_s = v)
+                    .is_some(),
                 b"net_ip" => set(&mut cfg.net_ip, parse_ipv4_cidr(value)),
                 b"net_peer" => set(&mut cfg.net_peer, parse_ipv4(value)),
                 b"net_count" => parse_u64(value)
@@ -428,6 +443,17 @@ mod tests {
         assert_eq!(cfg.blk_rounds, 1);
         assert_eq!(cfg.dirty_mib, None);
         assert_eq!(cfg.blk_kib, 256);
+    }
+
+    #[test]
+    fn blk_change_keys() {
+        let cfg = ProbeConfig::parse(&Cmdline::new(b"probe.test=blkchange"));
+        assert_eq!((cfg.blk_changes, cfg.blk_change_s), (1, 120));
+        let cfg = ProbeConfig::parse(&Cmdline::new(b"probe.blk_changes=2 probe.blk_change_s=30"));
+        assert_eq!((cfg.blk_changes, cfg.blk_change_s, cfg.errors), (2, 30, 0));
+        // Zero would make the test pass without watching anything: refused, defaults kept.
+        let cfg = ProbeConfig::parse(&Cmdline::new(b"probe.blk_changes=0 probe.blk_change_s=0"));
+        assert_eq!((cfg.blk_changes, cfg.blk_change_s, cfg.errors), (1, 120, 2));
     }
 
     #[test]

@@ -19,9 +19,9 @@ use ferry_probe::fmt::LineBuf;
 use ferry_probe::virtq::{VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE};
 use ferry_probe::{BLK_ROUNDS_MAGIC, BLK_STATUS_GPA};
 
-const F_RO: u64 = 1 << 5;
-const F_BLK_SIZE: u64 = 1 << 6;
-const F_FLUSH: u64 = 1 << 9;
+pub(super) const F_RO: u64 = 1 << 5;
+pub(super) const F_BLK_SIZE: u64 = 1 << 6;
+pub(super) const F_FLUSH: u64 = 1 << 9;
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
 const T_FLUSH: u32 = 4;
@@ -60,7 +60,7 @@ static BUFS: Global<Bufs> = Global::new(Bufs {
     }; INFLIGHT],
     status: [0; INFLIGHT],
 });
-static QMEM: Global<QueueMem> = Global::new(QueueMem([0; 4096]));
+pub(super) static QMEM: Global<QueueMem> = Global::new(QueueMem([0; 4096]));
 
 fn bufs() -> *mut Bufs {
     BUFS.ptr()
@@ -150,14 +150,14 @@ fn test_device(
 }
 
 /// What one round found: the CRC-32 of the range read back, and whether a write was refused.
-struct RoundResult {
-    crc: u32,
+pub(super) struct RoundResult {
+    pub(super) crc: u32,
     rejected: bool,
 }
 
 /// Writes the pattern of `seed` (when given) over `total` bytes, flushes, reads the range back,
 /// verifies it and returns its CRC-32.
-fn one_round(
+pub(super) fn one_round(
     q: &mut Queue,
     feats: u64,
     ro: bool,

@@ -2,6 +2,7 @@
 
 mod basic;
 mod blk;
+mod blk_change;
 mod boot;
 mod buttons;
 mod dirty;
@@ -229,6 +230,7 @@ extern "C" fn probe_main(protocol: u32, info: u64) -> ! {
             b"smp" => smp::run(st),
             b"dirty" => dirty::run(st),
             b"blk" => blk::run(st),
+            b"blkchange" => blk_change::run(st),
             b"net" => net::run(st),
             b"info" => basic::info(st),
             b"halt" => basic::halt(),

@@ -18,10 +18,16 @@ const QUEUE_NUM_MAX: u64 = 0x034;
 const QUEUE_NUM: u64 = 0x038;
 const QUEUE_READY: u64 = 0x044;
 const QUEUE_NOTIFY: u64 = 0x050;
+/// InterruptStatus: bit 0 used buffers, bit 1 configuration change.
+pub const INTERRUPT_STATUS: u64 = 0x060;
+/// InterruptACK: write the bits handled.
+pub const INTERRUPT_ACK: u64 = 0x064;
 const STATUS: u64 = 0x070;
 const QUEUE_DESC: u64 = 0x080;
 const QUEUE_DRIVER: u64 = 0x090;
 const QUEUE_DEVICE: u64 = 0x0a0;
+/// ConfigGeneration: changes whenever the device changes its configuration space.
+pub const CONFIG_GENERATION: u64 = 0x0fc;
 /// Start of the device-specific configuration space.
 pub const CONFIG: u64 = 0x100;
 
