@@ -200,15 +200,13 @@ impl ApiService {
                         "PATCH /drives is for a running VM; use PUT before boot".into(),
                     ));
                 }
+                // The path first: a backing that cannot be opened leaves the drive, limits
+                // included, as it was.
+                if let Some(path) = &patch.path_on_host {
+                    c.patch_drive_path(&patch.drive_id, path)?;
+                }
                 if let Some(limiter) = &patch.rate_limiter {
                     c.patch_drive_rate_limiter(&patch.drive_id, limiter)?;
-                }
-                if patch.path_on_host.is_some() {
-                    let virtio = c.virtio().ok_or(VmmError::InvalidState {
-                        state: "stopped",
-                        action: "resizing a drive",
-                    })?;
-                    virtio.resize_drive(&patch.drive_id, patch.path_on_host.as_deref())?;
                 }
                 ApiResponse::NoContent
             }

@@ -250,6 +250,34 @@ impl VmController {
         crate::rate_limit::patch_drive(&mut self.config, &vm.virtio, drive_id, patch)
     }
 
+    /// `PATCH /drives/{id}`'s `path_on_host`. The drive's current path re-reads its size (online
+    /// resize); another path puts the running drive on that backing (Firecracker's swap) and the
+    /// configuration follows, so `GET /vm/config`, snapshots and migrations name the new path.
+    pub fn patch_drive_path(&mut self, drive_id: &str, path: &str) -> Result<(), VmmError> {
+        let vm = self.vm.as_ref().ok_or(VmmError::InvalidState {
+            state: self.state.name(),
+            action: "changing a drive",
+        })?;
+        let drive = self
+            .config
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == drive_id)
+            .ok_or_else(|| VmmError::Config(format!("no drive '{drive_id}'")))?;
+        if drive.path_on_host == path {
+            vm.virtio.resize_drive(drive_id)?;
+            return Ok(());
+        }
+        let swapped = ferry_api::DriveConfig {
+            path_on_host: path.to_string(),
+            ..drive.clone()
+        };
+        let capacity = vm.virtio.swap_drive(&swapped)?;
+        log::info!("drive '{drive_id}' now on {path} ({capacity} bytes)");
+        *drive = swapped;
+        Ok(())
+    }
+
     /// `PATCH /network-interfaces/{id}`: the running device and the configuration change
     /// together.
     pub fn patch_net_rate_limiters(

@@ -109,14 +109,18 @@ pub fn attach_virtio_devices(
     Ok(devices)
 }
 
-fn open_block(drive: &DriveConfig) -> Result<Arc<Mutex<Block>>, VmmError> {
-    let options = DiskOptions {
+/// How a drive's backing is opened, at boot and when it is swapped.
+fn disk_options(drive: &DriveConfig) -> DiskOptions {
+    DiskOptions {
         read_only: drive.is_read_only,
         direct: drive.direct,
         chap_secret_file: drive.chap_secret_file.as_ref().map(PathBuf::from),
         ..DiskOptions::default()
-    };
-    let backend = open_disk_with(&drive.path_on_host, &options)
+    }
+}
+
+fn open_block(drive: &DriveConfig) -> Result<Arc<Mutex<Block>>, VmmError> {
+    let backend = open_disk_with(&drive.path_on_host, &disk_options(drive))
         .map_err(|e| VmmError::Device(format!("disk '{}': {e}", drive.drive_id)))?;
     let block = Block::new_shared(&drive.drive_id, backend)
         .map_err(VmmError::io(format!("disk '{}'", drive.drive_id)))?;
@@ -287,21 +291,41 @@ impl VirtioDevices {
         Ok(())
     }
 
-    /// Re-reads a drive's size and tells the guest (config-change interrupt). A new path is not
-    /// supported while running: the backend stays open on its current path.
-    pub fn resize_drive(&self, drive_id: &str, path: Option<&str>) -> Result<u64, VmmError> {
-        let device = self
-            .devices
-            .iter()
-            .find(|d| d.id == drive_id && matches!(d.model, Model::Block(_)))
-            .ok_or_else(|| VmmError::Config(format!("no drive '{drive_id}'")))?;
-        let Model::Block(block) = &device.model else {
-            return Err(VmmError::Config(format!("no drive '{drive_id}'")));
-        };
-        let _ = path;
-        lock(block).refresh_capacity().map_err(VmmError::io(format!(
-            "re-reading the size of drive '{drive_id}'"
-        )))
+    fn block(&self, drive_id: &str) -> Result<&Arc<Mutex<Block>>, VmmError> {
+        match self.devices.iter().find(|d| d.id == drive_id) {
+            Some(Attached {
+                model: Model::Block(b),
+                ..
+            }) => Ok(b),
+            _ => Err(VmmError::Config(format!("no drive '{drive_id}'"))),
+        }
+    }
+
+    /// Re-reads a drive's size and tells the guest (config-change interrupt): its backing was
+    /// resized on the host.
+    pub fn resize_drive(&self, drive_id: &str) -> Result<u64, VmmError> {
+        lock(self.block(drive_id)?)
+            .refresh_capacity()
+            .map_err(VmmError::io(format!(
+                "re-reading the size of drive '{drive_id}'"
+            )))
+    }
+
+    /// Puts a running drive on a new backing (`drive` is its configuration with the new
+    /// `path_on_host`; read-only, O_DIRECT and CHAP options as configured). The new backing is
+    /// opened first, so a path that cannot be opened leaves the drive as it was; then the device
+    /// finishes what is in flight on the old one, swaps and tells the guest (see
+    /// `ferry_devices::virtio::block` `swap`). Returns the new capacity in bytes.
+    pub fn swap_drive(&self, drive: &DriveConfig) -> Result<u64, VmmError> {
+        let block = self.block(&drive.drive_id)?;
+        let backend = open_disk_with(&drive.path_on_host, &disk_options(drive))
+            .map_err(|e| VmmError::Device(format!("drive '{}': {e}", drive.drive_id)))?;
+        lock(block).swap_backend(backend).map_err(|e| {
+            VmmError::Device(format!(
+                "drive '{}': cannot switch to {}: {e}",
+                drive.drive_id, drive.path_on_host
+            ))
+        })
     }
 
     /// Sets a running drive's rate limiter (held-back requests are retried at once).
