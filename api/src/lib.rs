@@ -28,7 +28,10 @@ pub use handler::{ApiHandler, ApiResponse, ChannelHandler, PendingRequest};
 pub use migration::*;
 pub use models::*;
 pub use request::{parse_request, ApiRequest, RequestError};
-pub use server::{serve, serve_with, ApiServerHandle, ServerOptions, MAX_BODY_BYTES};
+pub use server::{
+    serve, serve_with, ApiServerHandle, Oversize, ServerOptions, FIRECRACKER_MAX_PAYLOAD_BYTES,
+    MAX_BODY_BYTES,
+};
 
 /// ferry's version, reported by `GET /` and `GET /version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -73,8 +73,8 @@ pub enum RequestError {
         path: String,
         allow: &'static str,
     },
-    /// 413: the body is over [`crate::MAX_BODY_BYTES`].
-    PayloadTooLarge,
+    /// 413: the body is over the server's limit (`size`: its declared length, if declared).
+    PayloadTooLarge { limit: usize, size: Option<u64> },
 }
 
 impl RequestError {
@@ -84,7 +84,7 @@ impl RequestError {
             Self::BadRequest(_) => 400,
             Self::NotFound(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
-            Self::PayloadTooLarge => 413,
+            Self::PayloadTooLarge { .. } => 413,
         }
     }
 
@@ -100,11 +100,12 @@ impl RequestError {
             } => {
                 format!("method {method} is not allowed on {path} (allowed: {allow})")
             }
-            Self::PayloadTooLarge => {
-                format!(
-                    "request body is larger than {} bytes",
-                    crate::MAX_BODY_BYTES
-                )
+            Self::PayloadTooLarge {
+                limit,
+                size: Some(size),
+            } => format!("request body of {size} bytes is larger than the limit of {limit} bytes"),
+            Self::PayloadTooLarge { limit, size: None } => {
+                format!("request body is larger than the limit of {limit} bytes")
             }
         }
     }

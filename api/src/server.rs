@@ -37,12 +37,28 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Firecracker API level ferry speaks, reported as `firecracker_version` by `GET /version`.
 pub const FIRECRACKER_API_VERSION: &str = "1.7.0";
 
+/// Firecracker's default request body limit (its `--http-api-max-payload-size`), bytes.
+pub const FIRECRACKER_MAX_PAYLOAD_BYTES: usize = 51_200;
+
+/// How a body over the limit is answered (the connection is closed either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Oversize {
+    /// 413 Payload Too Large: ferry's own API.
+    PayloadTooLarge,
+    /// 400 Bad Request: what Firecracker's HTTP server answers, for `ferry firecracker`, whose
+    /// clients match Firecracker's statuses.
+    BadRequest,
+}
+
 /// Limits of a server; [`serve`] uses the defaults (the constants above).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerOptions {
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+    pub oversize: Oversize,
 }
 
 impl Default for ServerOptions {
@@ -51,6 +67,20 @@ impl Default for ServerOptions {
             max_connections: MAX_CONNECTIONS,
             header_timeout: HEADER_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
+            max_body_bytes: MAX_BODY_BYTES,
+            oversize: Oversize::PayloadTooLarge,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// Firecracker's limits: a body limit of `max_payload` bytes (Firecracker's default when
+    /// `None`), answered with 400 when exceeded.
+    pub fn firecracker(max_payload: Option<usize>) -> Self {
+        Self {
+            max_body_bytes: max_payload.unwrap_or(FIRECRACKER_MAX_PAYLOAD_BYTES),
+            oversize: Oversize::BadRequest,
+            ..Self::default()
         }
     }
 }
@@ -181,6 +211,7 @@ async fn accept_loop(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_timeout)
+        // hyper's read buffer: at least its minimum of 8 KiB; bodies are streamed past it.
         .max_buf_size(MAX_BODY_BYTES.max(8192))
         .auto_date_header(false);
     let open = Arc::new(AtomicUsize::new(0));
@@ -219,9 +250,7 @@ async fn accept_loop(
             TokioIo::new(stream),
             hyper::service::service_fn(move |request| {
                 let handler = handler.clone();
-                async move {
-                    Ok::<_, Infallible>(respond(request, &*handler, options.body_timeout).await)
-                }
+                async move { Ok::<_, Infallible>(respond(request, &*handler, options).await) }
             }),
         );
         tokio::spawn(async move {
@@ -236,26 +265,26 @@ async fn accept_loop(
 async fn respond(
     request: Request<Incoming>,
     handler: &dyn ApiHandler,
-    body_timeout: Duration,
+    options: ServerOptions,
 ) -> Response<Full<Bytes>> {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
-        return closing(from_request_error(&RequestError::PayloadTooLarge));
+    if let Some(size) = declared.filter(|&len| len > options.max_body_bytes as u64) {
+        return closing(oversize(&options, Some(size)));
     }
     let (parts, body) = request.into_parts();
     let body = match tokio::time::timeout(
-        body_timeout,
-        Limited::new(body, MAX_BODY_BYTES).collect(),
+        options.body_timeout,
+        Limited::new(body, options.max_body_bytes).collect(),
     )
     .await
     {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return closing(from_request_error(&RequestError::PayloadTooLarge));
+            return closing(oversize(&options, None));
         }
         Ok(Err(e)) => return closing(error(400, &format!("cannot read the request body: {e}"))),
         Err(_) => return closing(error(408, "timed out reading the request body")),
@@ -267,6 +296,18 @@ async fn respond(
         }))),
         Ok(Routed::Vmm(request)) => from_api(handler.handle(request)),
         Err(e) => from_request_error(&e),
+    }
+}
+
+/// The answer to a body over the limit (`size`: its declared length, when it was declared).
+fn oversize(options: &ServerOptions, size: Option<u64>) -> Response<Full<Bytes>> {
+    let error = RequestError::PayloadTooLarge {
+        limit: options.max_body_bytes,
+        size,
+    };
+    match options.oversize {
+        Oversize::PayloadTooLarge => from_request_error(&error),
+        Oversize::BadRequest => self::error(400, &error.fault_message()),
     }
 }
 

@@ -54,14 +54,23 @@ pub struct ApiService {
 }
 
 impl ApiService {
-    /// Binds the socket and starts the API thread.
+    /// Binds the socket and starts the API thread with ferry's limits.
     pub fn start(socket: &Path, controller: Arc<Mutex<VmController>>) -> Result<Self, VmmError> {
+        Self::start_with(socket, controller, ferry_api::ServerOptions::default())
+    }
+
+    /// [`ApiService::start`] with other server limits (Firecracker's, for `ferry firecracker`).
+    pub fn start_with(
+        socket: &Path,
+        controller: Arc<Mutex<VmController>>,
+        options: ferry_api::ServerOptions,
+    ) -> Result<Self, VmmError> {
         let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::io("API eventfd"))?);
         let waker = wake.clone();
         let (handler, requests) = ChannelHandler::new(move || {
             let _ = waker.write(1);
         });
-        let server = ferry_api::serve(socket, Arc::new(handler))
+        let server = ferry_api::serve_with(socket, Arc::new(handler), options)
             .map_err(|e| VmmError::Config(e.to_string()))?;
         Ok(Self {
             controller,

@@ -80,7 +80,8 @@ pub struct FcArgs {
     pub boot_timer: bool,
     /// Accepted; ferry installs no seccomp filters yet.
     pub no_seccomp: bool,
-    /// Accepted; ferry's API caps bodies at its own limit (`ferry_api::MAX_BODY_BYTES`).
+    /// The API's request body limit (Firecracker's default, 51200, when absent); larger bodies
+    /// get 400, as from Firecracker.
     pub http_api_max_payload_size: Option<u64>,
     /// Accepted; ferry has no MMDS.
     pub mmds_size_limit: Option<u64>,
@@ -160,7 +161,7 @@ Firecracker-compatible command line of ferry (started as `firecracker` or `ferry
   --boot-timer                      accepted, no effect (ferry has no boot-timer device)
   --no-seccomp                      accepted, no effect (ferry installs no seccomp filters yet)
   --seccomp-filter FILE             refused: custom seccomp filters are not supported yet
-  --http-api-max-payload-size N     accepted; ferry's API limit stays 64 KiB
+  --http-api-max-payload-size N     request body limit in bytes (default 51200); larger: 400
   --mmds-size-limit N               accepted, no effect (ferry has no MMDS)
   --start-time-us N, --start-time-cpu-us N, --parent-cpu-time-us N
                                     start-up times from the jailer, reported in the metrics
@@ -579,7 +580,14 @@ fn run(fc: &FcArgs) -> Result<u8, FcError> {
         return Ok(run_without_api(controller, metrics)?);
     }
     let controller = Arc::new(Mutex::new(controller));
-    let mut service = ApiService::start(Path::new(&fc.api_sock), controller)?;
+    let max_payload = fc
+        .http_api_max_payload_size
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let mut service = ApiService::start_with(
+        Path::new(&fc.api_sock),
+        controller,
+        ferry_api::ServerOptions::firecracker(max_payload),
+    )?;
     service.set_instance_id(&fc.id);
     if let Some(metrics) = metrics {
         service.set_metrics(metrics);

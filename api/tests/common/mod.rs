@@ -44,6 +44,7 @@ pub fn test_options() -> ServerOptions {
         max_connections: 8,
         header_timeout: Duration::from_millis(300),
         body_timeout: Duration::from_millis(300),
+        ..ServerOptions::default()
     }
 }
 
