@@ -68,3 +68,33 @@ fn http_api_max_payload_size_bounds_request_bodies_with_400() {
     );
     assert_eq!(status, 400, "{body}");
 }
+
+#[test]
+fn boot_source_with_a_missing_kernel_or_initrd_is_refused_at_put_time() {
+    let dir = TempDir::new("fc-boot-source");
+    let (_vm, socket) = start(dir.path(), &[]);
+    let probe = common::probe_bin();
+    let missing = dir.path().join("missing");
+    let put =
+        |body: serde_json::Value| http(&socket, "PUT", "/boot-source", Some(&body.to_string()));
+
+    let (status, body) = put(serde_json::json!({"kernel_image_path": missing}));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("cannot open kernel") && body.contains("missing"),
+        "{body}"
+    );
+    let (status, body) = put(serde_json::json!({"kernel_image_path": dir.path()}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not a regular file"), "{body}");
+    let (status, body) =
+        put(serde_json::json!({"kernel_image_path": probe, "initrd_path": missing}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("cannot open initrd"), "{body}");
+    // Nothing refused was kept.
+    let (_, config) = http(&socket, "GET", "/vm/config", None);
+    assert!(!config.contains("boot-source"), "{config}");
+
+    let (status, body) = put(serde_json::json!({"kernel_image_path": probe}));
+    assert_eq!(status, 204, "{body}");
+}

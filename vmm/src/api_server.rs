@@ -193,7 +193,9 @@ impl ApiService {
                 ApiResponse::NoContent
             }
             ApiRequest::PutBootSource(boot) => {
-                c.config_mut("changing the boot source after boot")?.boot = Some(boot);
+                let config = c.config_mut("changing the boot source after boot")?;
+                crate::builder::check_boot_source(&boot)?;
+                config.boot = Some(boot);
                 ApiResponse::NoContent
             }
             ApiRequest::PutDrive(drive) => {

@@ -296,6 +296,34 @@ struct BootFiles {
     initrd: Option<File>,
 }
 
+/// What Firecracker checks when `PUT /boot-source` arrives: the kernel (and the initrd, if given)
+/// can be opened for reading and are regular files. Refusing then, rather than at
+/// `InstanceStart`, tells the client which request was wrong. (The files are opened again at
+/// boot; a file removed in between fails there.)
+pub fn check_boot_source(source: &ferry_api::BootSource) -> Result<(), VmmError> {
+    let check = |path: &str, kernel: bool| {
+        let error = |source: std::io::Error| {
+            let path = path.to_string();
+            if kernel {
+                VmmError::KernelOpen { path, source }
+            } else {
+                VmmError::InitrdOpen { path, source }
+            }
+        };
+        let meta = File::open(path).and_then(|f| f.metadata()).map_err(error)?;
+        if meta.is_file() {
+            Ok(())
+        } else {
+            Err(error(std::io::Error::other("not a regular file")))
+        }
+    };
+    check(&source.kernel_image_path, true)?;
+    if let Some(initrd) = &source.initrd_path {
+        check(initrd, false)?;
+    }
+    Ok(())
+}
+
 fn open_boot_files(config: &VmConfig) -> Result<BootFiles, VmmError> {
     let source = config
         .boot
