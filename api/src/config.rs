@@ -11,6 +11,21 @@ pub const DEFAULT_VCPUS: u8 = 1;
 /// Kernel command line ferry always starts with; the user's text is appended.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
+/// What backs guest memory (Firecracker's `huge_pages`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HugePages {
+    /// Ordinary 4 KiB pages.
+    #[default]
+    None,
+    /// Ordinary pages with `madvise(MADV_HUGEPAGE)`: the kernel may back them with transparent
+    /// huge pages.
+    Transparent,
+    /// hugetlbfs 2 MiB pages (`MAP_HUGETLB`), reserved when the VM starts: the host must have
+    /// enough of them free (`/proc/sys/vm/nr_hugepages`).
+    #[serde(rename = "2M")]
+    Hugetlb2M,
+}
+
 /// `machine-config`: vCPUs and memory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +41,8 @@ pub struct MachineConfig {
     /// without ACPI.
     #[serde(default = "acpi_default")]
     pub acpi: bool,
+    #[serde(default)]
+    pub huge_pages: HugePages,
 }
 
 fn acpi_default() -> bool {
@@ -40,6 +57,7 @@ impl Default for MachineConfig {
             smt: false,
             track_dirty_pages: false,
             acpi: true,
+            huge_pages: HugePages::None,
         }
     }
 }

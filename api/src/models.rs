@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    BootSource, DriveConfig, MachineConfig, NetBackendConfig, NetConfig, VmConfig,
+    BootSource, DriveConfig, HugePages, MachineConfig, NetBackendConfig, NetConfig, VmConfig,
 };
 use crate::validate::{
     check_drive_path, check_id, check_ifname, check_path, check_text, parse_mac, MAX_BOOT_ARGS_LEN,
@@ -36,11 +36,14 @@ impl MachineConfig {
         if self.mem_size_mib == 0 || self.mem_size_mib > MAX_MEM_MIB {
             return Err(format!("mem_size_mib must be between 1 and {MAX_MEM_MIB}"));
         }
+        if self.huge_pages == HugePages::Hugetlb2M && self.mem_size_mib % 2 != 0 {
+            return Err("with huge_pages \"2M\", mem_size_mib must be a multiple of 2".into());
+        }
         Ok(())
     }
 }
 
-/// `cpu_template` and `huge_pages` are accepted for compatibility only in their "off" form.
+/// `cpu_template` is accepted for compatibility only in its "off" form.
 fn check_unsupported_option(field: &str, value: &Option<String>) -> Result<(), String> {
     match value.as_deref() {
         None | Some("None") => Ok(()),
@@ -63,7 +66,7 @@ pub(crate) struct MachineConfigBody {
     #[serde(default)]
     cpu_template: Option<String>,
     #[serde(default)]
-    huge_pages: Option<String>,
+    huge_pages: Option<HugePages>,
     /// ferry extension (default true).
     #[serde(default)]
     acpi: Option<bool>,
@@ -72,13 +75,13 @@ pub(crate) struct MachineConfigBody {
 impl MachineConfigBody {
     pub(crate) fn into_config(self) -> Result<MachineConfig, String> {
         check_unsupported_option("cpu_template", &self.cpu_template)?;
-        check_unsupported_option("huge_pages", &self.huge_pages)?;
         let config = MachineConfig {
             vcpu_count: self.vcpu_count,
             mem_size_mib: self.mem_size_mib,
             smt: self.smt,
             track_dirty_pages: self.track_dirty_pages,
             acpi: self.acpi.unwrap_or(true),
+            huge_pages: self.huge_pages.unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)
@@ -100,22 +103,23 @@ pub struct MachineConfigUpdate {
     /// ferry extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acpi: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub huge_pages: Option<HugePages>,
     #[serde(default, skip_serializing)]
     cpu_template: Option<String>,
-    #[serde(default, skip_serializing)]
-    huge_pages: Option<String>,
 }
 
 impl MachineConfigUpdate {
     /// Checks what can be checked without the current configuration.
     pub(crate) fn validate(&self) -> Result<(), String> {
         check_unsupported_option("cpu_template", &self.cpu_template)?;
-        check_unsupported_option("huge_pages", &self.huge_pages)?;
         if self.vcpu_count.is_none()
             && self.mem_size_mib.is_none()
             && self.smt.is_none()
             && self.track_dirty_pages.is_none()
             && self.acpi.is_none()
+            && self.huge_pages.is_none()
+            && self.cpu_template.is_none()
         {
             return Err("empty PATCH request: give at least one machine-config field".into());
         }
@@ -137,6 +141,7 @@ impl MachineConfigUpdate {
             smt: self.smt.unwrap_or(current.smt),
             track_dirty_pages: self.track_dirty_pages.unwrap_or(current.track_dirty_pages),
             acpi: self.acpi.unwrap_or(current.acpi),
+            huge_pages: self.huge_pages.unwrap_or(current.huge_pages),
         };
         next.validate()?;
         Ok(next)

@@ -8,7 +8,9 @@ use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY}
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use ferry_api::{DriveConfig, SerialOutput as SerialOutputConfig, VmConfig, DEFAULT_CMDLINE};
+use ferry_api::{
+    DriveConfig, HugePages, SerialOutput as SerialOutputConfig, VmConfig, DEFAULT_CMDLINE,
+};
 use ferry_arch::boot::{self, BootPreference, LoadedInitrd};
 use ferry_arch::cpuid::{filter_cpuid, CpuFeature};
 use ferry_arch::layout::{virtio_mmio_addr, VIRTIO_IRQ_FIRST, VIRTIO_MMIO_SIZE};
@@ -26,7 +28,7 @@ use crate::error::VmmError;
 use crate::event_loop::{SerialInput, Subscriber};
 use crate::kvm::open_kvm;
 use crate::legacy::LegacyDevices;
-use crate::memory::{create_guest_memory, register_memory};
+use crate::memory::{advise_huge_pages, create_guest_memory, register_memory};
 use crate::metrics::VcpuMetrics;
 use crate::vcpu::{Vcpu, VcpuContext};
 use crate::virtio_devices::{attach_virtio_devices, VirtioDevices};
@@ -99,8 +101,8 @@ fn build(config: &VmConfig, options: &BuildOptions, mode: BuildMode) -> Result<B
     vm.create_irq_chip()
         .map_err(|e| VmmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
     let mem_size = config.machine.mem_size_mib << 20;
-    let memory = create_guest_memory(mem_size)?;
-    if matches!(mode, BuildMode::Restore) {
+    let memory = create_guest_memory(mem_size, config.machine.huge_pages)?;
+    if matches!(mode, BuildMode::Restore) && config.machine.huge_pages == HugePages::None {
         // All of a restored guest's memory is about to be written at once: transparent huge
         // pages make that one fault per 2 MiB instead of one per 4 KiB.
         advise_huge_pages(&memory);
@@ -270,23 +272,6 @@ fn irqfd(vm: &VmFd, gsi: u32, what: &str) -> Result<EventFd, VmmError> {
     vm.register_irqfd(&fd, gsi)
         .map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
     Ok(fd)
-}
-
-fn advise_huge_pages(memory: &GuestMemory) {
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-    for region in memory.iter() {
-        // SAFETY: advice on our own anonymous mapping; failure only loses the optimisation.
-        let rc = unsafe {
-            libc::madvise(
-                region.as_ptr().cast(),
-                region.len() as usize,
-                libc::MADV_HUGEPAGE,
-            )
-        };
-        if rc != 0 {
-            log::debug!("MADV_HUGEPAGE: {}", std::io::Error::last_os_error());
-        }
-    }
 }
 
 /// The kernel and initrd, opened.

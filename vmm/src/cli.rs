@@ -4,7 +4,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ferry_api::{
-    BootSource, DriveConfig, MachineConfig, NetBackendConfig, NetConfig, SerialConfig,
+    BootSource, DriveConfig, HugePages, MachineConfig, NetBackendConfig, NetConfig, SerialConfig,
     SerialOutput, VmConfig,
 };
 use ferry_arch::boot::BootPreference;
@@ -109,6 +109,10 @@ pub struct RunArgs {
     /// Guest memory: a number of MiB, or with a K/M/G suffix.
     #[arg(long, default_value = "256M", value_name = "SIZE", value_parser = parse_memory_mib)]
     pub memory: u64,
+    /// What backs guest memory: `none` (4 KiB pages, default), `transparent` (transparent huge
+    /// pages advised), `2M` (reserved hugetlbfs pages; the host needs enough free ones).
+    #[arg(long, default_value = "none", value_name = "none|transparent|2M", value_parser = parse_huge_pages)]
+    pub huge_pages: HugePages,
     /// Serial console: `stdio` (stdin feeds the guest), `file=PATH` or `none`.
     /// Without this flag output goes to stdout and stdin is read only on a terminal.
     #[arg(long, value_name = "stdio|file=PATH|none", value_parser = parse_serial)]
@@ -156,6 +160,7 @@ impl RunArgs {
                 vcpu_count: self.cpus,
                 mem_size_mib: self.memory,
                 acpi: self.acpi,
+                huge_pages: self.huge_pages,
                 ..Default::default()
             },
             boot: self.kernel.as_ref().map(|kernel| BootSource {
@@ -223,6 +228,17 @@ fn key_values(text: &str) -> Result<Vec<(&str, &str)>, String> {
                 .ok_or_else(|| format!("'{part}' in '{text}' is not key=value"))
         })
         .collect()
+}
+
+fn parse_huge_pages(value: &str) -> Result<HugePages, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "none" => Ok(HugePages::None),
+        "transparent" => Ok(HugePages::Transparent),
+        "2m" => Ok(HugePages::Hugetlb2M),
+        _ => Err(format!(
+            "--huge-pages {value:?}: use none, transparent or 2M"
+        )),
+    }
 }
 
 fn parse_acpi(value: &str) -> Result<bool, String> {
