@@ -328,6 +328,29 @@ fn tap_guest_and_peer_ping_each_other_through_a_bridge() {
 }
 
 #[test]
+fn mtu_is_set_on_the_tap_and_told_to_the_guest() {
+    let t = Topology::new();
+    let br = format!("br{}", t.tag);
+    let tap = format!("tap{}", t.tag);
+    t.a.ip(&["link", "add", &br, "type", "bridge"]);
+    t.a.ip(&["link", "set", &t.va(), "master", &br]);
+    t.a.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    t.a.ip(&["link", "set", &tap, "master", &br]);
+    t.a.ip(&["link", "set", &tap, "up"]);
+    t.a.ip(&["link", "set", &br, "up"]);
+    let (out, ping_ok) = t.run_probe(&format!("tap={tap},mac=52:54:00:77:00:03,mtu=1400"));
+    out.assert_pass("net");
+    assert_eq!(out.probe_value("net", "mtu").as_deref(), Some("1400"));
+    assert!(ping_ok, "the peer could not ping the guest\n{}", out.stdout);
+    let link = t.a.ip(&["-o", "link", "show", &tap]);
+    assert!(link.contains(" mtu 1400 "), "{link}");
+    // Without mtu= the feature is not offered: the guest reports none.
+    let (out, _) = t.run_probe(&format!("tap={tap},mac=52:54:00:77:00:03"));
+    out.assert_pass("net");
+    assert_eq!(out.probe_value("net", "mtu"), None);
+}
+
+#[test]
 fn wrong_mac_on_macvtap_is_refused_with_the_reason() {
     let t = Topology::new();
     let mvt = format!("mvt{}", t.tag);

@@ -133,6 +133,10 @@ pub struct NetConfig {
     /// Queue pairs (multiqueue when > 1).
     #[serde(default = "one")]
     pub queues: u16,
+    /// MTU told to the guest (VIRTIO_NET_F_MTU) and set on the host interface; `None`: neither
+    /// (the guest picks its default, 1500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
     /// Frames and bytes limits towards the guest and from it; `None`: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_rate_limiter: Option<RateLimiter>,

@@ -20,6 +20,8 @@ use crate::validate::{
 pub const MAX_VCPUS: u8 = 32;
 /// Most guest memory accepted, MiB (1 TiB): a bound on absurd requests, not a promise.
 pub const MAX_MEM_MIB: u64 = 1 << 20;
+/// Smallest `mtu` of a network interface (IPv4's minimum datagram, as Firecracker).
+pub const MIN_MTU: u16 = 68;
 /// Most virtio-net queue pairs per interface (ferry extension `queues`).
 pub const MAX_NET_QUEUES: u16 = 16;
 
@@ -385,6 +387,9 @@ pub struct NetworkInterface {
     pub host_dev_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
+    /// MTU for the guest (VIRTIO_NET_F_MTU), 68–65535; also set on the host interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_rate_limiter: Option<RateLimiter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -406,6 +411,11 @@ impl NetworkInterface {
         check_ifname("host_dev_name", &self.host_dev_name)?;
         if let Some(mac) = &self.guest_mac {
             parse_mac("guest_mac", mac)?;
+        }
+        if let Some(mtu) = self.mtu {
+            if mtu < MIN_MTU {
+                return Err(format!("mtu {mtu} is below the IPv4 minimum of {MIN_MTU}"));
+            }
         }
         if let Some(queues) = self.queues {
             if queues == 0 || queues > MAX_NET_QUEUES {
@@ -445,6 +455,7 @@ impl NetworkInterface {
             iface_id: self.iface_id.clone(),
             backend,
             guest_mac: self.guest_mac.clone(),
+            mtu: self.mtu,
             queues: self.queues.unwrap_or(1),
             rx_rate_limiter: RateLimiter::normalized(self.rx_rate_limiter.as_ref()),
             tx_rate_limiter: RateLimiter::normalized(self.tx_rate_limiter.as_ref()),
@@ -462,6 +473,7 @@ impl NetworkInterface {
             iface_id: config.iface_id.clone(),
             host_dev_name,
             guest_mac: config.guest_mac.clone(),
+            mtu: config.mtu,
             rx_rate_limiter: config.rx_rate_limiter.clone(),
             tx_rate_limiter: config.tx_rate_limiter.clone(),
             host_dev_type: Some(kind),

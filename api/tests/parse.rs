@@ -118,6 +118,7 @@ fn machine_config() {
             smt: true,
             track_dirty_pages: true,
             acpi: true,
+            huge_pages: HugePages::None,
         })
     );
     assert_eq!(
@@ -132,6 +133,7 @@ fn machine_config() {
             smt: false,
             track_dirty_pages: false,
             acpi: false,
+            huge_pages: HugePages::None,
         })
     );
     assert_eq!(
@@ -146,8 +148,20 @@ fn machine_config() {
             smt: false,
             track_dirty_pages: false,
             acpi: true,
+            huge_pages: HugePages::None,
         })
     );
+    for (text, huge_pages) in [
+        ("None", HugePages::None),
+        ("Transparent", HugePages::Transparent),
+        ("2M", HugePages::Hugetlb2M),
+    ] {
+        let body = format!(r#"{{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "{text}"}}"#);
+        match ok("PUT", "/machine-config", &body) {
+            ApiRequest::PutMachineConfig(config) => assert_eq!(config.huge_pages, huge_pages),
+            other => panic!("{other:?}"),
+        }
+    }
     for body in [
         r#"{"vcpu_count": 0, "mem_size_mib": 128}"#,
         r#"{"vcpu_count": 33, "mem_size_mib": 128}"#,
@@ -160,7 +174,8 @@ fn machine_config() {
         r#"{"vcpu_count": 1, "mem_size_mib": 99999999999999999999999}"#,
         r#"{"vcpu_count": 3, "mem_size_mib": 128, "smt": true}"#,
         r#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2"}"#,
-        r#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#,
+        r#"{"vcpu_count": 1, "mem_size_mib": 129, "huge_pages": "2M"}"#,
+        r#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "1G"}"#,
         r#"{"vcpu_count": 1, "mem_size_mib": 128, "bogus": 1}"#,
         r#"{"vcpu_count": 1, "mem_size_mib": 128, "acpi": "off"}"#,
         r#"{"mem_size_mib": 128}"#,
@@ -401,7 +416,21 @@ fn network_interfaces() {
         ),
         other => panic!("{other:?}"),
     }
+    for mtu in [68, 1400, 9000, 65535] {
+        let body = format!(r#"{{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": {mtu}}}"#);
+        match ok("PUT", "/network-interfaces/eth0", &body) {
+            ApiRequest::PutNetworkInterface(iface) => {
+                let config = iface.to_config();
+                assert_eq!(config.mtu, Some(mtu));
+                assert_eq!(NetworkInterface::from_config(&config).mtu, Some(mtu));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
     for body in [
+        r#"{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 67}"#,
+        r#"{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 65536}"#,
+        r#"{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": -1}"#,
         r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00"}"#,
         r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "01:00:5e:00:00:01"}"#,
         r#"{"iface_id": "eth0", "host_dev_name": "a-name-too-long-for-linux"}"#,

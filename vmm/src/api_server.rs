@@ -372,6 +372,7 @@ impl ApiService {
                                 iface_id: n.iface_id.clone(),
                                 host_dev_name: n.host_dev_name.clone(),
                                 guest_mac: None,
+                                mtu: None,
                                 rx_rate_limiter: None,
                                 tx_rate_limiter: None,
                                 host_dev_type: n.host_dev_type,

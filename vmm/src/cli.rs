@@ -139,7 +139,7 @@ pub struct RunArgs {
           value_parser = parse_disk)]
     pub disks: Vec<DriveConfig>,
     /// A virtio-net interface (repeatable).
-    #[arg(long = "net", value_name = "macvtap=NAME|tap=NAME|fd=N[,mac=MAC][,id=ID][,queues=N][,rx-bps=N][,tx-bps=N][,rx-pps=N][,tx-pps=N]",
+    #[arg(long = "net", value_name = "macvtap=NAME|tap=NAME|fd=N[,mac=MAC][,id=ID][,mtu=N][,queues=N][,rx-bps=N][,tx-bps=N][,rx-pps=N][,tx-pps=N]",
           value_parser = parse_net)]
     pub nets: Vec<NetConfig>,
     /// Serve the HTTP API on this Unix socket. Without --kernel/--restore, wait to be configured
@@ -313,6 +313,7 @@ fn parse_net(text: &str) -> Result<NetConfig, String> {
         iface_id: String::new(),
         backend: NetBackendConfig::Fd(-1),
         guest_mac: None,
+        mtu: None,
         queues: 1,
         rx_rate_limiter: None,
         tx_rate_limiter: None,
@@ -340,6 +341,16 @@ fn parse_net(text: &str) -> Result<NetConfig, String> {
                 net.iface_id = value.to_string();
                 None
             }
+            "mtu" => {
+                net.mtu = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|m: &u16| *m >= ferry_api::MIN_MTU)
+                        .ok_or_else(|| format!("mtu={value}: expected 68 to 65535"))?,
+                );
+                None
+            }
             "queues" => {
                 net.queues = value
                     .parse()
@@ -359,7 +370,7 @@ fn parse_net(text: &str) -> Result<NetConfig, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown net option '{other}' (known: macvtap, tap, fd, mac, id, queues, rx-bps, rx-pps, tx-bps, tx-pps, and their -burst)"
+                    "unknown net option '{other}' (known: macvtap, tap, fd, mac, id, mtu, queues, rx-bps, rx-pps, tx-bps, tx-pps, and their -burst)"
                 ))
             }
         };

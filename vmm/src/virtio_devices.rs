@@ -140,12 +140,20 @@ fn open_net(net: &NetConfig) -> Result<Arc<Mutex<Net>>, VmmError> {
         mac: net.guest_mac.clone(),
         queues: net.queues,
     };
-    let backend = open_net_backend(&spec)
-        .map_err(|e| VmmError::Device(format!("network interface '{}': {e}", net.iface_id)))?;
+    let failed = |e: ferry_devices::net::NetError| {
+        VmmError::Device(format!("network interface '{}': {e}", net.iface_id))
+    };
+    let backend = open_net_backend(&spec).map_err(failed)?;
+    if let Some(mtu) = net.mtu {
+        backend.set_host_mtu(mtu).map_err(failed)?;
+    }
     let device = Net::new_shared(backend).map_err(VmmError::io(format!(
         "network interface '{}'",
         net.iface_id
     )))?;
+    if let Some(mtu) = net.mtu {
+        lock(&device).set_mtu(mtu);
+    }
     lock(&device).set_rate_limiters(
         Some(&crate::rate_limit::device_config(
             net.rx_rate_limiter.as_ref(),

@@ -164,6 +164,21 @@ impl NetBackend {
         Ok(())
     }
 
+    /// Sets the host interface's MTU to the one the guest is told (`mtu` on the interface), so
+    /// frames of that size pass the host side too. Sockets have no interface: nothing to do.
+    pub fn set_host_mtu(&self, mtu: u16) -> Result<(), NetError> {
+        let name = match &self.kind {
+            BackendKind::Tap { name } | BackendKind::Macvtap { name } => name,
+            BackendKind::Fd { name, .. } => name,
+            BackendKind::Socket => return Ok(()),
+        };
+        sys::set_mtu(name, mtu).map_err(|source| NetError::Setup {
+            what: "setting the MTU (SIOCSIFMTU)",
+            name: describe(&self.kind),
+            source,
+        })
+    }
+
     /// Attaches or detaches queue `pair` (multiqueue taps only; the first queue always stays).
     pub fn set_queue_enabled(&self, pair: usize, enabled: bool) -> io::Result<()> {
         if !self.is_tap_like() || self.fds.len() < 2 {

@@ -134,3 +134,31 @@ pub fn set_link_up(name: &str) -> io::Result<()> {
     unsafe { libc::close(sock) };
     result
 }
+
+/// `struct ifreq` with the `ifr_mtu` member (an int at offset 16; 40 bytes).
+#[repr(C)]
+struct IfReqMtu {
+    name: [u8; libc::IFNAMSIZ],
+    mtu: libc::c_int,
+    _pad: [u8; 20],
+}
+
+/// Sets interface `name`'s MTU (SIOCSIFMTU on a throwaway socket).
+pub fn set_mtu(name: &str, mtu: u16) -> io::Result<()> {
+    let named = IfReq::new(name, 0)?;
+    let mut req = IfReqMtu {
+        name: named.name,
+        mtu: libc::c_int::from(mtu),
+        _pad: [0; 20],
+    };
+    // SAFETY: plain socket creation; closed below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCSIFMTU reads one ifreq, which `req` is (40 bytes).
+    let result = check(unsafe { libc::ioctl(sock, libc::SIOCSIFMTU, &mut req) });
+    // SAFETY: closing the socket created above.
+    unsafe { libc::close(sock) };
+    result
+}

@@ -150,6 +150,8 @@ pub struct Net {
     mac: MacAddr,
     max_pairs: u16,
     avail_features: u64,
+    /// The MTU told to the guest (VIRTIO_NET_F_MTU), when configured.
+    mtu: Option<u16>,
     acked_features: u64,
     queue_sizes: Vec<u16>,
     /// Config `status` (LINK_UP, ANNOUNCE); atomic because `announce` takes `&self`.
@@ -186,7 +188,8 @@ impl Net {
         Ok(Self {
             mac: backend.guest_mac(),
             max_pairs,
-            avail_features: config::features(max_pairs),
+            avail_features: config::features(max_pairs, None),
+            mtu: None,
             acked_features: 0,
             queue_sizes: vec![config::QUEUE_SIZE; nqueues],
             status: AtomicU16::new(VIRTIO_NET_S_LINK_UP as u16),
@@ -217,6 +220,14 @@ impl Net {
     /// Counters for metrics.
     pub fn metrics(&self) -> Arc<NetMetrics> {
         self.metrics.clone()
+    }
+
+    /// Tells the guest an MTU (VIRTIO_NET_F_MTU and the config field): a driver that accepts
+    /// the feature uses it for the interface. Call before the device is attached; the features
+    /// offered cannot change under a driver.
+    pub fn set_mtu(&mut self, mtu: u16) {
+        self.mtu = Some(mtu);
+        self.avail_features = config::features(self.max_pairs, self.mtu);
     }
 
     /// Applies rate limiter configurations (at creation or on a running device; see
@@ -283,7 +294,12 @@ impl Net {
     }
 
     fn config_bytes(&self) -> [u8; config::CONFIG_LEN] {
-        config::build(self.mac, self.status.load(Ordering::SeqCst), self.max_pairs)
+        config::build(
+            self.mac,
+            self.status.load(Ordering::SeqCst),
+            self.max_pairs,
+            self.mtu,
+        )
     }
 
     /// Queue pairs the driver can use: all with MQ, else one.

@@ -12,6 +12,8 @@ use ferry_probe::net::{self, Ipv4Addrs, Packet};
 use ferry_probe::virtq::VIRTQ_DESC_F_WRITE;
 
 const F_MAC: u64 = 1 << 5;
+/// VIRTIO_NET_F_MTU: config `mtu` (le16 at offset 10) is the MTU to use.
+const F_MTU: u64 = 1 << 3;
 /// virtio_net_hdr size with VIRTIO_F_VERSION_1.
 const HDR: usize = 12;
 const BUF: usize = 2048;
@@ -57,6 +59,8 @@ struct Nic {
     tx_next: u16,
     tx_inflight: u16,
     mac: [u8; 6],
+    /// The device's MTU, when it offered VIRTIO_NET_F_MTU.
+    mtu: Option<u16>,
     ip: [u8; 4],
     peer_ip: [u8; 4],
     peer_mac: Option<[u8; 6]>,
@@ -101,6 +105,9 @@ pub fn run(st: &State) {
                 .str(" answered=")
                 .dec(u64::from(nic.answered));
             l.str(" mac=").mac(&nic.mac);
+            if let Some(mtu) = nic.mtu {
+                l.str(" mtu=").dec(u64::from(mtu));
+            }
             let answered_enough = cfg.net_answer.is_none_or(|want| nic.answered >= want);
             if sent == cfg.net_count && nic.received == sent && answered_enough {
                 super::pass(&l);
@@ -117,7 +124,8 @@ pub fn run(st: &State) {
 }
 
 fn setup(d: &Device, ip: [u8; 4], peer_ip: [u8; 4], count: u32) -> Result<Nic, &'static str> {
-    let feats = d.negotiate(F_MAC)?;
+    let feats = d.negotiate(F_MAC | F_MTU)?;
+    let mtu = (feats & F_MTU != 0).then(|| (d.read(CONFIG + 8) >> 16) as u16);
     let mac = if feats & F_MAC != 0 {
         let (lo, hi) = (
             d.read(CONFIG).to_le_bytes(),
@@ -149,6 +157,7 @@ fn setup(d: &Device, ip: [u8; 4], peer_ip: [u8; 4], count: u32) -> Result<Nic, &
         tx_next: 0,
         tx_inflight: 0,
         mac,
+        mtu,
         ip,
         peer_ip,
         peer_mac: None,
