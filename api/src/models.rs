@@ -721,6 +721,37 @@ impl LoggerBody {
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     pub metrics_path: String,
+    /// Add the instance id (`--id`) to every line as a top-level `"id"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emit_id: Option<bool>,
+    /// Operator-defined strings added to every line as a top-level `"properties"` object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Most `properties` of `PUT /metrics`, and the longest key or value: bounds on what every
+/// metrics line carries.
+pub const MAX_METRICS_PROPERTIES: usize = 64;
+const MAX_METRICS_PROPERTY_LEN: usize = 256;
+
+impl MetricsConfig {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        check_path("metrics_path", &self.metrics_path)?;
+        let Some(properties) = &self.properties else {
+            return Ok(());
+        };
+        if properties.len() > MAX_METRICS_PROPERTIES {
+            return Err(format!(
+                "properties: at most {MAX_METRICS_PROPERTIES} entries, not {}",
+                properties.len()
+            ));
+        }
+        for (key, value) in properties {
+            check_text("properties key", key, MAX_METRICS_PROPERTY_LEN)?;
+            check_text("properties value", value, MAX_METRICS_PROPERTY_LEN)?;
+        }
+        Ok(())
+    }
 }
 
 /// `state` of `GET /`.

@@ -13,7 +13,7 @@ use crate::models::{
     MachineConfigUpdate, MetricsConfig, NetworkInterface, NetworkInterfacePatch, SnapshotCreate,
     SnapshotLoad, SnapshotLoadBody, VmState, VmStateBody,
 };
-use crate::validate::{check_id, check_path};
+use crate::validate::check_id;
 
 /// A validated request for the VMM. `GET /version` never gets here: the API thread answers it.
 #[derive(Clone, Debug, PartialEq)]
@@ -268,9 +268,7 @@ pub(crate) fn route(method: &str, path: &str, body: &[u8]) -> Result<Routed, Req
         (["logger"], "PUT") => R::PutLogger(json::<LoggerBody>(body)?.into_request().map_err(bad)?),
         (["logger"], _) => return Err(not_allowed("PUT")),
         (["metrics"], "GET") => R::GetMetrics,
-        (["metrics"], "PUT") => R::PutMetrics(checked(body, |m: &MetricsConfig| {
-            check_path("metrics_path", &m.metrics_path)
-        })?),
+        (["metrics"], "PUT") => R::PutMetrics(checked(body, |m: &MetricsConfig| m.validate())?),
         (["metrics"], _) => return Err(not_allowed("GET, PUT")),
         (["migration"], "GET") => R::GetMigration,
         (["migration"], _) => return Err(not_allowed("GET")),

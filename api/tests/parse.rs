@@ -685,9 +685,29 @@ fn logger_and_metrics() {
     assert_eq!(
         ok("PUT", "/metrics", r#"{"metrics_path": "/m"}"#),
         ApiRequest::PutMetrics(MetricsConfig {
-            metrics_path: "/m".into()
+            metrics_path: "/m".into(),
+            emit_id: None,
+            properties: None,
         })
     );
+    match ok(
+        "PUT",
+        "/metrics",
+        r#"{"metrics_path": "/m", "emit_id": true, "properties": {"pool": "a", "zone": "z1"}}"#,
+    ) {
+        ApiRequest::PutMetrics(m) => {
+            assert_eq!(m.emit_id, Some(true));
+            assert_eq!(m.properties.unwrap()["zone"], "z1");
+        }
+        other => panic!("{other:?}"),
+    }
+    for body in [
+        r#"{"metrics_path": "/m", "properties": {"a": 1}}"#,
+        r#"{"metrics_path": "/m", "properties": ["a"]}"#,
+        r#"{"metrics_path": "/m", "emit_id": "yes"}"#,
+    ] {
+        assert_eq!(status("PUT", "/metrics", body), 400, "{body}");
+    }
     assert_eq!(status("PUT", "/metrics", r#"{"metrics_path": ""}"#), 400);
     assert_eq!(status("PUT", "/metrics", r#"{}"#), 400);
 }

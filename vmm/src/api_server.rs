@@ -320,7 +320,10 @@ impl ApiService {
                         current.path()
                     )));
                 }
-                self.fc_metrics = Some(FirecrackerMetrics::open(&metrics.metrics_path)?);
+                self.fc_metrics = Some(FirecrackerMetrics::open_config(
+                    &metrics,
+                    &self.instance_id,
+                )?);
                 ApiResponse::NoContent
             }
             ApiRequest::MigrationSend(req) => {

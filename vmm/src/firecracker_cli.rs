@@ -333,7 +333,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, FcError> {
 pub struct ConfigFile {
     pub vm: VmConfig,
     pub logger: Option<LoggerConfig>,
-    pub metrics_path: Option<String>,
+    pub metrics: Option<ferry_api::MetricsConfig>,
 }
 
 /// Config-file sections for devices ferry does not implement.
@@ -442,7 +442,7 @@ pub fn parse_config_file(text: &str) -> Result<ConfigFile, FcError> {
                 let ApiRequest::PutMetrics(metrics) = section(name, "/metrics", body)? else {
                     return Err(bad("metrics: unexpected request".into()));
                 };
-                out.metrics_path = Some(metrics.metrics_path);
+                out.metrics = Some(metrics);
             }
             other => {
                 return Err(bad(format!(
@@ -559,13 +559,13 @@ fn run(fc: &FcArgs) -> Result<u8, FcError> {
         if let Some(logger) = &file.logger {
             crate::logger::configure(logger)?;
         }
-        if let Some(path) = &file.metrics_path {
+        if let Some(section) = &file.metrics {
             if metrics.is_some() {
                 return Err(FcError::BadConfiguration(
                     "config file: metrics: already configured by --metrics-path".into(),
                 ));
             }
-            metrics = Some(FirecrackerMetrics::open(path)?);
+            metrics = Some(FirecrackerMetrics::open_config(section, &fc.id)?);
         }
     }
     if let Some(metrics) = metrics.as_mut() {
@@ -797,7 +797,10 @@ mod tests {
         assert!(file.vm.drives[0].is_root_device && file.vm.drives[0].is_read_only);
         assert_eq!(file.vm.nets[0].iface_id, "eth0");
         assert_eq!(file.logger.unwrap().level, Some(LogLevel::Debug));
-        assert_eq!(file.metrics_path.as_deref(), Some("/tmp/m"));
+        assert_eq!(
+            file.metrics.as_ref().map(|m| m.metrics_path.as_str()),
+            Some("/tmp/m")
+        );
     }
 
     #[test]

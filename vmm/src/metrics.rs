@@ -218,6 +218,10 @@ pub struct FirecrackerMetrics {
     previous: std::collections::HashMap<String, u64>,
     last_flush: std::time::Instant,
     startup: StartupTimes,
+    /// Top-level `"id"` of every line (`emit_id`).
+    id: Option<String>,
+    /// Top-level `"properties"` of every line.
+    properties: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl FirecrackerMetrics {
@@ -228,7 +232,21 @@ impl FirecrackerMetrics {
             previous: Default::default(),
             last_flush: std::time::Instant::now(),
             startup: StartupTimes::default(),
+            id: None,
+            properties: None,
         })
+    }
+
+    /// Opens `config.metrics_path` with its `emit_id` (the instance id `id` on every line) and
+    /// `properties`.
+    pub fn open_config(
+        config: &ferry_api::MetricsConfig,
+        id: &str,
+    ) -> Result<Self, crate::VmmError> {
+        let mut metrics = Self::open(&config.metrics_path)?;
+        metrics.id = config.emit_id.unwrap_or(false).then(|| id.to_string());
+        metrics.properties = config.properties.clone();
+        Ok(metrics)
     }
 
     /// The path metrics go to.
@@ -291,6 +309,12 @@ impl FirecrackerMetrics {
             .unwrap_or_default()
             .as_millis() as u64;
         out.insert("utc_timestamp_ms".into(), now_ms.into());
+        if let Some(id) = &self.id {
+            out.insert("id".into(), id.clone().into());
+        }
+        if let Some(properties) = &self.properties {
+            out.insert("properties".into(), json!(properties));
+        }
         out.insert(
             "api_server".into(),
             json!({
@@ -450,6 +474,40 @@ mod tests {
         // Values, not counters, repeat.
         assert_eq!(second["api_server"]["process_startup_time_us"], 1234);
         assert!(!metrics.due());
+        assert!(second.get("id").is_none() && second.get("properties").is_none());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn emit_id_and_properties_are_top_level_fields_of_every_line() {
+        let path = std::env::temp_dir().join(format!("ferry-fcm-id-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let config = ferry_api::MetricsConfig {
+            metrics_path: path.to_str().unwrap().into(),
+            emit_id: Some(true),
+            properties: Some([("pool".to_string(), "blue".to_string())].into()),
+        };
+        let mut metrics = FirecrackerMetrics::open_config(&config, "vm-7").unwrap();
+        let controller = crate::controller::VmController::new(
+            ferry_api::VmConfig::default(),
+            crate::builder::BuildOptions::default(),
+        );
+        for _ in 0..2 {
+            let line: serde_json::Value =
+                serde_json::from_str(&metrics.line(&controller, &ApiCounters::default())).unwrap();
+            assert_eq!(line["id"], "vm-7");
+            assert_eq!(line["properties"], serde_json::json!({"pool": "blue"}));
+        }
+        // emit_id false: no id, properties still there.
+        let config = ferry_api::MetricsConfig {
+            emit_id: Some(false),
+            ..config
+        };
+        let mut metrics = FirecrackerMetrics::open_config(&config, "vm-7").unwrap();
+        let line: serde_json::Value =
+            serde_json::from_str(&metrics.line(&controller, &ApiCounters::default())).unwrap();
+        assert!(line.get("id").is_none());
+        assert_eq!(line["properties"]["pool"], "blue");
         let _ = std::fs::remove_file(&path);
     }
 }
