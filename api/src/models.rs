@@ -38,7 +38,7 @@ impl MachineConfig {
         if self.mem_size_mib == 0 || self.mem_size_mib > MAX_MEM_MIB {
             return Err(format!("mem_size_mib must be between 1 and {MAX_MEM_MIB}"));
         }
-        if self.huge_pages == HugePages::Hugetlb2M && self.mem_size_mib % 2 != 0 {
+        if self.huge_pages == HugePages::Hugetlb2M && !self.mem_size_mib.is_multiple_of(2) {
             return Err("with huge_pages \"2M\", mem_size_mib must be a multiple of 2".into());
         }
         Ok(())
