@@ -428,3 +428,102 @@ fn a_plain_interface_is_not_a_macvtap() {
         out.stderr
     );
 }
+
+/// A tap without `mac=`: ferry picks a MAC, and that MAC is part of the configuration that
+/// snapshots (and migrations) carry, so a restore on the same tap gives the guest the same MAC
+/// instead of refusing the saved state.
+#[test]
+fn a_chosen_mac_is_kept_through_a_snapshot_and_restore() {
+    let t = Topology::new();
+    let tap = format!("tap{}", t.tag);
+    t.a.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    t.a.ip(&["link", "set", &tap, "up"]);
+    let dir = common::TempDir::new("net-mac-snap");
+    let probe = probe_bin();
+    let spawn = |name: &str, args: &[&str]| {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &t.a.0])
+            .arg(ferry_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join(format!("{name}.out"))).unwrap())
+            .stderr(std::fs::File::create(dir.path().join(format!("{name}.err"))).unwrap())
+            .spawn()
+            .expect("spawning ferry");
+        common::FerryProcess {
+            child,
+            stdout_path: dir.path().join(format!("{name}.out")),
+            stderr_path: dir.path().join(format!("{name}.err")),
+        }
+    };
+    let guest_mac = |socket: &std::path::Path| {
+        let (status, text) = common::http(socket, "GET", "/vm/config", None);
+        assert_eq!(status, 200, "{text}");
+        let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+        config["network-interfaces"][0]["guest_mac"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let socket = dir.path().join("a.sock");
+    let net = format!("tap={tap}");
+    let mut vm = spawn(
+        "a",
+        &[
+            "run",
+            "--kernel",
+            probe.to_str().unwrap(),
+            "--cmdline",
+            "probe.test=keyboard",
+            "--net",
+            &net,
+            "--api-socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    vm.wait_for_output("probe: keyboard: ready", DEADLINE);
+    let mac = guest_mac(&socket);
+    assert_eq!(
+        mac.len(),
+        17,
+        "GET /vm/config shows the MAC ferry chose: {mac:?}"
+    );
+    let snap = dir.path().join("snap");
+    let out = common::ctl(
+        &socket,
+        &["snapshot", "--to", snap.to_str().unwrap(), "--keep-paused"],
+        DEADLINE,
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    drop(vm);
+
+    let socket = dir.path().join("b.sock");
+    let mut restored = spawn(
+        "b",
+        &[
+            "run",
+            "--restore",
+            snap.to_str().unwrap(),
+            "--api-socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    common::wait_for_socket(&socket, DEADLINE);
+    assert_eq!(guest_mac(&socket), mac);
+    let (status, text) = common::http(
+        &socket,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+    );
+    assert_eq!(status, 204, "{text}");
+    assert_eq!(
+        restored.wait_exit(DEADLINE).code(),
+        Some(0),
+        "{}",
+        restored.stderr()
+    );
+    assert!(restored
+        .stdout()
+        .contains("probe: keyboard: PASS ctrl-alt-del=1"));
+}

@@ -140,6 +140,13 @@ impl VmController {
     pub fn start(&mut self) -> Result<(), VmmError> {
         self.expect(VmState::Configured, "starting the VM")?;
         let built = build_vm(&self.config, &self.options)?;
+        // A MAC ferry chose (random for a tap without `mac=`) becomes part of the configuration:
+        // a destination or a restore must give the guest the same one, whatever tap it opens.
+        for (id, mac) in built.virtio.net_macs() {
+            if let Some(net) = self.config.nets.iter_mut().find(|n| n.iface_id == id) {
+                net.guest_mac = Some(mac);
+            }
+        }
         self.vm = Some(RunningVm::start(built, false)?);
         self.state = VmState::Running;
         Ok(())

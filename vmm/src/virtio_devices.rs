@@ -205,6 +205,18 @@ impl VirtioDevices {
         Ok(())
     }
 
+    /// Each network interface's id and the MAC its guest uses (requested, dictated by a macvtap,
+    /// or chosen at random), for the configuration that migrations and snapshots carry.
+    pub fn net_macs(&self) -> Vec<(String, String)> {
+        self.devices
+            .iter()
+            .filter_map(|d| match &d.model {
+                Model::Net(n) => Some((d.id.clone(), lock(n).mac().to_string())),
+                Model::Block(_) => None,
+            })
+            .collect()
+    }
+
     /// `virtio_mmio.device=` entries for the kernel command line.
     pub fn cmdline_entries(&self) -> Vec<String> {
         self.entries.clone()

@@ -423,6 +423,8 @@ mig_test() { # mig_test URL
     fi
     ferry ctl --api-socket "$W/src.sock" migrate --to "$1" >"$W/migrate.out" 2>&1
     mrc=$?
+    # After a failed migration the guest rightly runs on at the source: stop it.
+    [ "$mrc" = 0 ] || kill -KILL "$spid" "$dpid" 2>/dev/null
     wait "$spid"
     src_rc=$?
     c=$(evl "$W/src.out" count)
@@ -494,6 +496,8 @@ sc_migrate_net() {
     waitfor "$W/sent4" sent 120 "$ncs"
     ferry ctl --api-socket "$W/src.sock" migrate --to "unix:$W/mig.sock" >"$W/migrate.out" 2>&1
     mrc=$?
+    # After a failed migration the guest rightly runs on at the source: stop it.
+    [ "$mrc" = 0 ] || kill -KILL "$spid" "$dpid" "$ncs" "$png" 2>/dev/null
     wait "$spid"
     src_rc=$?
     c=$(evl "$W/src.out" count)
@@ -625,14 +629,16 @@ sc_stock_4cpu() {
     fi
 }
 
-# gone_after FILE PATTERN PID: polls every 50 ms; prints an upper bound of the seconds from
-# PATTERN appearing in FILE to PID's exit (0.05 when both happened between two polls; nothing
-# when PATTERN never appeared or PID outlived 60 s).
+# gone_after FILE PATTERN PID: polls every 50 ms; sets $gone_s to an upper bound of the seconds
+# from PATTERN appearing in FILE to PID's exit (0.05 when both happened between two polls; empty
+# when PATTERN never appeared or PID outlived 60 s). Runs in this shell, never in $(...): only
+# the parent shell reaps PID, and a subshell would see it as a zombie that is still "there".
 gone_after() {
+    gone_s=""
     i=0
     while ! grep -q "$2" "$1" 2>/dev/null; do
         if ! kill -0 "$3" 2>/dev/null; then
-            grep -q "$2" "$1" 2>/dev/null && echo 0.05
+            grep -q "$2" "$1" 2>/dev/null && gone_s=0.05
             return
         fi
         [ "$i" -lt 6000 ] || return
@@ -646,12 +652,13 @@ gone_after() {
         sleep 0.05
         i=$((i + 1))
     done
-    awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'
+    gone_s=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
 }
 
 sc_stock_poweroff() {
     bg l2 300 ferry run $STOCK --cmdline "lab.test=poweroff $L2X"
-    d=$(gone_after "$W/l2.out" 'reboot: Power down' "$pid")
+    gone_after "$W/l2.out" 'reboot: Power down' "$pid"
+    d=$gone_s
     wait "$pid"
     rc=$?
     if [ "$rc" = 0 ] && [ -n "$d" ] && awk -v d="$d" 'BEGIN { exit !(d <= 1.0) }'; then
