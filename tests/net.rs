@@ -526,4 +526,40 @@ fn a_chosen_mac_is_kept_through_a_snapshot_and_restore() {
     assert!(restored
         .stdout()
         .contains("probe: keyboard: PASS ctrl-alt-del=1"));
+
+    // Firecracker's `network_overrides`: the same snapshot on another tap, same MAC.
+    let tap2 = format!("tbp{}", t.tag);
+    t.a.ip(&["tuntap", "add", "dev", &tap2, "mode", "tap"]);
+    t.a.ip(&["link", "set", &tap2, "up"]);
+    let socket = dir.path().join("c.sock");
+    let mut moved = spawn("c", &["run", "--api-socket", socket.to_str().unwrap()]);
+    common::wait_for_socket(&socket, DEADLINE);
+    let load = serde_json::json!({
+        "snapshot_path": snap.join("vmstate"),
+        "mem_backend": {"backend_type": "File", "backend_path": snap.join("memory")},
+        "network_overrides": [{"iface_id": "net0", "host_dev_name": tap2}],
+        "resume_vm": true,
+    });
+    let (status, text) = common::http(&socket, "PUT", "/snapshot/load", Some(&load.to_string()));
+    assert_eq!(status, 204, "{text}");
+    let (_, text) = common::http(&socket, "GET", "/vm/config", None);
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        config["network-interfaces"][0]["host_dev_name"],
+        tap2.as_str()
+    );
+    assert_eq!(config["network-interfaces"][0]["guest_mac"], mac.as_str());
+    let (status, text) = common::http(
+        &socket,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "PowerOff"}"#),
+    );
+    assert_eq!(status, 204, "{text}");
+    assert_eq!(
+        moved.wait_exit(DEADLINE).code(),
+        Some(0),
+        "{}",
+        moved.stderr()
+    );
 }

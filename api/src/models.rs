@@ -594,6 +594,23 @@ pub(crate) struct SnapshotLoadBody {
     track_dirty_pages: Option<bool>,
     #[serde(default)]
     resume_vm: bool,
+    #[serde(default)]
+    network_overrides: Vec<NetworkOverride>,
+    #[serde(default)]
+    vsock_override: Option<serde_json::Value>,
+    #[serde(default)]
+    clock_realtime: bool,
+    #[serde(default)]
+    mem_diff_paths: Vec<String>,
+}
+
+/// A network interface of the snapshot that opens a different host device on load (Firecracker's
+/// `network_overrides`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverride {
+    pub iface_id: String,
+    pub host_dev_name: String,
 }
 
 /// `PUT /snapshot/load`, normalised: only allowed before the VM is configured or started.
@@ -603,6 +620,13 @@ pub struct SnapshotLoad {
     pub mem_file_path: String,
     pub track_dirty_pages: bool,
     pub resume_vm: bool,
+    /// Host devices for the snapshot's interfaces (tap names), by interface id.
+    pub network_overrides: Vec<NetworkOverride>,
+    /// Advance the guest's kvmclock by the wall-clock time since the snapshot was taken.
+    pub clock_realtime: bool,
+    /// ferry's extension: memory files of `Diff` snapshots, applied in order over
+    /// `mem_file_path` (the base).
+    pub mem_diff_paths: Vec<String>,
 }
 
 impl SnapshotLoadBody {
@@ -630,6 +654,29 @@ impl SnapshotLoadBody {
             (None, None) => return Err("missing mem_backend (or mem_file_path)".into()),
         };
         check_path("mem_backend.backend_path", &mem_file_path)?;
+        if self.vsock_override.is_some() {
+            return Err("vsock_override: ferry snapshots hold no vsock device".into());
+        }
+        for (i, o) in self.network_overrides.iter().enumerate() {
+            check_id("network_overrides[].iface_id", &o.iface_id)?;
+            if o.host_dev_name.is_empty() || o.host_dev_name.len() > 15 {
+                return Err(format!(
+                    "network_overrides[{i}].host_dev_name must be an interface name of 1 to 15 bytes"
+                ));
+            }
+            if self.network_overrides[..i]
+                .iter()
+                .any(|p| p.iface_id == o.iface_id)
+            {
+                return Err(format!(
+                    "network_overrides names interface '{}' twice",
+                    o.iface_id
+                ));
+            }
+        }
+        for path in &self.mem_diff_paths {
+            check_path("mem_diff_paths[]", path)?;
+        }
         Ok(SnapshotLoad {
             snapshot_path: self.snapshot_path,
             mem_file_path,
@@ -638,6 +685,9 @@ impl SnapshotLoadBody {
                 .or(self.enable_diff_snapshots)
                 .unwrap_or(false),
             resume_vm: self.resume_vm,
+            network_overrides: self.network_overrides,
+            clock_realtime: self.clock_realtime,
+            mem_diff_paths: self.mem_diff_paths,
         })
     }
 }

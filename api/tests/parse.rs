@@ -636,6 +636,9 @@ fn snapshots() {
         mem_file_path: "/m".into(),
         track_dirty_pages: true,
         resume_vm: true,
+        network_overrides: vec![],
+        clock_realtime: false,
+        mem_diff_paths: vec![],
     };
     assert_eq!(
         ok(
@@ -660,6 +663,47 @@ fn snapshots() {
     )
     .contains("Uffd"));
     assert!(bad("PUT", "/snapshot/load", r#"{"snapshot_path": "/s"}"#).contains("missing"));
+    // Firecracker's other fields, and ferry's diff chain.
+    match ok(
+        "PUT",
+        "/snapshot/load",
+        r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap9"}], "clock_realtime": true, "mem_diff_paths": ["/d1", "/d2"]}"#,
+    ) {
+        ApiRequest::SnapshotLoad(l) => {
+            assert_eq!(
+                l.network_overrides,
+                vec![NetworkOverride {
+                    iface_id: "eth0".into(),
+                    host_dev_name: "tap9".into()
+                }]
+            );
+            assert!(l.clock_realtime);
+            assert_eq!(l.mem_diff_paths, ["/d1", "/d2"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        ok(
+            "PUT",
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": []}"#
+        ),
+        ApiRequest::SnapshotLoad(_)
+    ));
+    assert!(bad(
+        "PUT",
+        "/snapshot/load",
+        r#"{"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"uds_path": "/v"}}"#
+    )
+    .contains("vsock"));
+    assert!(bad("PUT", "/snapshot/load", r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}, {"iface_id": "a", "host_dev_name": "u"}]}"#).contains("twice"));
+    assert!(bad("PUT", "/snapshot/load", r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "a", "host_dev_name": "a-name-that-is-too-long"}]}"#).contains("host_dev_name"));
+    assert!(bad(
+        "PUT",
+        "/snapshot/load",
+        r#"{"snapshot_path": "/s", "mem_file_path": "/m", "mem_diff_paths": [""]}"#
+    )
+    .contains("mem_diff_paths"));
     assert!(bad("PUT", "/snapshot/load", r#"{"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#).contains("not both"));
 }
 

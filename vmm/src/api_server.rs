@@ -276,10 +276,15 @@ impl ApiService {
                 ApiResponse::json(&FullVmConfiguration::from_config(c.config()))
             }
             ApiRequest::SnapshotCreate(req) => {
+                let kind = match req.snapshot_type {
+                    ferry_api::SnapshotType::Full => snapshot::Kind::Full,
+                    ferry_api::SnapshotType::Diff => snapshot::Kind::Diff,
+                };
                 snapshot::create(
-                    &c,
+                    &mut c,
                     Path::new(&req.snapshot_path),
                     Path::new(&req.mem_file_path),
+                    kind,
                 )?;
                 ApiResponse::NoContent
             }
@@ -293,8 +298,25 @@ impl ApiService {
                 let mut saved = snapshot::read_state(Path::new(&req.snapshot_path))?;
                 saved.config.serial = c.config().serial.clone();
                 saved.config.machine.track_dirty_pages |= req.track_dirty_pages;
-                let mut restored = snapshot::restore(
+                for o in &req.network_overrides {
+                    let net = saved
+                        .config
+                        .nets
+                        .iter_mut()
+                        .find(|n| n.iface_id == o.iface_id)
+                        .ok_or_else(|| {
+                            VmmError::Config(format!(
+                                "network_overrides: the snapshot has no interface '{}'",
+                                o.iface_id
+                            ))
+                        })?;
+                    net.backend = ferry_api::NetBackendConfig::Tap(o.host_dev_name.clone());
+                }
+                saved.kvm.advance_clock_to_realtime = req.clock_realtime;
+                let diffs: Vec<&Path> = req.mem_diff_paths.iter().map(Path::new).collect();
+                let mut restored = snapshot::restore_chain(
                     Path::new(&req.mem_file_path),
+                    &diffs,
                     &saved,
                     BuildOptions::default(),
                 )?;

@@ -99,6 +99,9 @@ pub struct VmController {
     options: BuildOptions,
     state: VmState,
     vm: Option<RunningVm>,
+    /// The dirty log holds exactly the pages changed since the last snapshot this VM was saved
+    /// to or restored from, so a `Diff` snapshot may be taken (see `snapshot`).
+    diff_base: bool,
 }
 
 impl VmController {
@@ -108,6 +111,7 @@ impl VmController {
             options,
             state: VmState::Configured,
             vm: None,
+            diff_base: false,
         }
     }
 
@@ -170,6 +174,8 @@ impl VmController {
         fill_memory(&built.memory)?;
         let mut controller = Self::prepare_restore(snapshot.config.clone(), options, built)?;
         controller.apply_snapshot(snapshot)?;
+        // Memory was filled behind KVM's back: the log is clean, and the snapshot is the base.
+        controller.diff_base = snapshot.config.machine.track_dirty_pages;
         Ok(controller)
     }
 
@@ -186,7 +192,23 @@ impl VmController {
             options,
             state: VmState::Paused,
             vm: Some(vm),
+            diff_base: false,
         })
+    }
+
+    /// Whether a `Diff` snapshot has a base: the last snapshot saved or loaded, with nothing
+    /// having consumed the dirty log since.
+    pub fn diff_base_ready(&self) -> bool {
+        self.diff_base
+    }
+
+    pub fn set_diff_base(&mut self, ready: bool) {
+        self.diff_base = ready;
+    }
+
+    /// A migration attempt reads the dirty log: a later diff would miss what it consumed.
+    pub fn invalidate_diff_base(&mut self) {
+        self.diff_base = false;
     }
 
     /// Applies a saved state to a paused VM built for it.

@@ -2,6 +2,12 @@
 //! (guest RAM, regions back to back, sparse: zero pages are holes). `ferry ctl snapshot --to DIR`
 //! names them `DIR/vmstate` and `DIR/memory`. Restoring reads only the data extents of the memory
 //! file.
+//!
+//! A `Diff` snapshot (Firecracker's `snapshot_type: "Diff"`, for a VM with `track_dirty_pages`)
+//! writes only the pages changed since the previous snapshot of that VM, at their offsets, zero
+//! pages included (as data, so they overwrite the base); every other page is a hole. Loading
+//! applies the base file's extents and then each diff's, in order (`mem_diff_paths`); merging a
+//! diff into its base offline, as Firecracker's tools do, gives the same memory file.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -15,6 +21,7 @@ use ferry_arch::GuestMemory;
 
 use crate::builder::BuildOptions;
 use crate::controller::{VmController, VmState};
+use crate::migration::dirty::{fetch_since_last_snapshot, DirtyBitmaps};
 use crate::migration::memory::{is_zero, Residency};
 use crate::vm_snapshot::VmSnapshot;
 use crate::VmmError;
@@ -22,17 +29,41 @@ use crate::VmmError;
 pub use ferry_api::ctl::{SNAPSHOT_MEMORY_FILE as MEMORY_FILE, SNAPSHOT_STATE_FILE as STATE_FILE};
 const PAGE: usize = 4096;
 
+/// Full (all memory) or diff (pages changed since the previous snapshot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Full,
+    Diff,
+}
+
 /// Writes a snapshot of the controller's VM, which must be paused (as Firecracker requires).
 pub fn create(
-    controller: &VmController,
+    controller: &mut VmController,
     state_path: &Path,
     memory_path: &Path,
+    kind: Kind,
 ) -> Result<(), VmmError> {
     if controller.state() != VmState::Paused {
         return Err(VmmError::InvalidState {
             state: controller.state().name(),
             action: "a snapshot (pause the VM first)",
         });
+    }
+    let tracking = controller.config().machine.track_dirty_pages;
+    if kind == Kind::Diff && !tracking {
+        return Err(VmmError::Config(
+            "a Diff snapshot needs dirty page tracking: set track_dirty_pages in machine-config \
+             (or in PUT /snapshot/load)"
+                .into(),
+        ));
+    }
+    if kind == Kind::Diff && !controller.diff_base_ready() {
+        return Err(VmmError::Config(
+            "a Diff snapshot holds the pages changed since this VM's last snapshot, and there is \
+             none to build on (or a migration attempt has read the dirty log since): take a Full \
+             snapshot first"
+                .into(),
+        ));
     }
     // Finish what the disks have in flight (and a request a rate limiter holds back) so the
     // saved rings hold every request either completed or not yet taken, as migration does.
@@ -51,7 +82,64 @@ pub fn create(
         .map_err(|e| VmmError::Device(format!("writing the VM state: {e}")))?;
     out.flush()
         .map_err(VmmError::io(format!("writing {}", state_path.display())))?;
-    write_memory(memory, memory_path)
+    let vm = controller.vm_fd().cloned().ok_or(VmmError::InvalidState {
+        state: "not started",
+        action: "a snapshot",
+    })?;
+    match kind {
+        Kind::Full => {
+            write_memory(memory, memory_path)?;
+            if tracking {
+                // The next diff is relative to this snapshot.
+                fetch_since_last_snapshot(&vm, memory)?;
+            }
+        }
+        Kind::Diff => {
+            let dirty = fetch_since_last_snapshot(&vm, memory)?;
+            write_dirty_memory(memory, memory_path, &dirty)?;
+        }
+    }
+    controller.set_diff_base(tracking);
+    Ok(())
+}
+
+/// Writes the pages set in `dirty` at their offsets (zero pages too); the rest stays a hole.
+fn write_dirty_memory(
+    memory: &GuestMemory,
+    path: &Path,
+    dirty: &DirtyBitmaps,
+) -> Result<(), VmmError> {
+    let io = || VmmError::io(format!("writing {}", path.display()));
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io())?;
+    let mut offset = 0u64;
+    for (region, bitmap) in memory.iter().zip(dirty) {
+        let base = region.as_ptr();
+        let pages = region.len() as usize / PAGE;
+        let is_dirty = |p: usize| bitmap.get(p / 64).is_some_and(|w| w & (1 << (p % 64)) != 0);
+        let mut p = 0;
+        while p < pages {
+            if !is_dirty(p) {
+                p += 1;
+                continue;
+            }
+            let start = p;
+            while p < pages && p - start < 256 && is_dirty(p) {
+                p += 1;
+            }
+            let at = start * PAGE;
+            // SAFETY: `start..p` pages lie inside the region's mapping; the VM is paused.
+            let data = unsafe { std::slice::from_raw_parts(base.add(at), (p - start) * PAGE) };
+            file.write_all_at(data, offset + at as u64).map_err(io())?;
+        }
+        offset += region.len();
+    }
+    file.set_len(offset).map_err(io())?;
+    file.sync_all().map_err(io())
 }
 
 fn write_memory(memory: &GuestMemory, path: &Path) -> Result<(), VmmError> {
@@ -116,10 +204,28 @@ pub fn restore(
     snapshot: &VmSnapshot,
     options: BuildOptions,
 ) -> Result<VmController, VmmError> {
-    let file = File::open(memory_path)
-        .map_err(VmmError::io(format!("opening {}", memory_path.display())))?;
+    restore_chain(memory_path, &[], snapshot, options)
+}
+
+/// Builds a paused VM from a state, a base memory file and the memory files of diff snapshots
+/// taken after it, applied in order.
+pub fn restore_chain(
+    memory_path: &Path,
+    diff_paths: &[&Path],
+    snapshot: &VmSnapshot,
+    options: BuildOptions,
+) -> Result<VmController, VmmError> {
+    let open =
+        |path: &Path| File::open(path).map_err(VmmError::io(format!("opening {}", path.display())));
+    // Every file opens before anything is built: a missing diff fails fast.
+    let mut files = vec![(open(memory_path)?, memory_path)];
+    for path in diff_paths {
+        files.push((open(path)?, path));
+    }
     VmController::restore(snapshot, options, |memory| {
-        read_memory(memory, &file, memory_path)
+        files
+            .iter()
+            .try_for_each(|(file, path)| read_memory(memory, file, path))
     })
 }
 

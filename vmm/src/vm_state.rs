@@ -1,8 +1,8 @@
 //! VM-wide KVM state outside the vCPUs: the in-kernel PIC pair and IOAPIC, the PIT, and kvmclock.
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_irqchip, kvm_pit_state2, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE,
+    kvm_clock_data, kvm_irqchip, kvm_pit_state2, KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
 use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,13 @@ pub struct VmKvmState {
     pub ioapic: kvm_irqchip,
     pub pit: kvm_pit_state2,
     pub clock: kvm_clock_data,
+    /// `clock.realtime` is the host's wall clock at the save (the host's KVM stamps it).
+    #[serde(default)]
+    pub clock_has_realtime: bool,
+    /// On restore, advance kvmclock by the wall-clock time since the save (Firecracker's
+    /// `clock_realtime`); chosen by the loader, never saved.
+    #[serde(skip)]
+    pub advance_clock_to_realtime: bool,
 }
 
 fn chip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip, VmmError> {
@@ -35,7 +42,9 @@ impl VmKvmState {
         let mut clock = vm
             .get_clock()
             .map_err(|e| VmmError::Kvm("KVM_GET_CLOCK", e))?;
-        // Only the clock value travels; flags describe the source host's TSC.
+        let clock_has_realtime = clock.flags & KVM_CLOCK_REALTIME != 0;
+        // Only the clock value (and its wall-clock stamp) travels; the other flags describe the
+        // source host's TSC.
         clock.flags = 0;
         Ok(Self {
             pic_master: chip(vm, KVM_IRQCHIP_PIC_MASTER)?,
@@ -45,6 +54,8 @@ impl VmKvmState {
                 .get_pit2()
                 .map_err(|e| VmmError::Kvm("KVM_GET_PIT2", e))?,
             clock,
+            clock_has_realtime,
+            advance_clock_to_realtime: false,
         })
     }
 
@@ -56,7 +67,19 @@ impl VmKvmState {
         }
         vm.set_pit2(&self.pit)
             .map_err(|e| VmmError::Kvm("KVM_SET_PIT2", e))?;
-        vm.set_clock(&self.clock)
+        let mut clock = self.clock;
+        if self.advance_clock_to_realtime {
+            if !self.clock_has_realtime {
+                return Err(VmmError::Config(
+                    "clock_realtime: the saved clock has no wall-clock stamp (the saving host's \
+                     KVM gave none: its TSC is not stable)"
+                        .into(),
+                ));
+            }
+            // KVM adds the wall-clock time elapsed since `realtime` to the clock.
+            clock.flags = KVM_CLOCK_REALTIME;
+        }
+        vm.set_clock(&clock)
             .map_err(|e| VmmError::Kvm("KVM_SET_CLOCK", e))?;
         Ok(())
     }

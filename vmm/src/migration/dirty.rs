@@ -19,18 +19,21 @@ use crate::memory::set_dirty_logging;
 /// One bitmap word per 64 pages, per memory region (region order = KVM slot order).
 pub type DirtyBitmaps = Vec<Vec<u64>>;
 
-/// Dirty logging for the duration of a migration; logging stops when dropped.
+/// Dirty logging for the duration of a migration; logging stops when dropped, unless the VM
+/// tracks dirty pages for diff snapshots all the time.
 pub struct DirtyLog<'a> {
     vm: &'a VmFd,
     mem: &'a GuestMemory,
     /// KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is on: reading the log does not re-protect pages;
     /// [`clear_dirty_log`] re-protects exactly the pages we are about to send.
     manual_protect: bool,
+    /// Leave logging on when dropped (`track_dirty_pages`).
+    keep_logging: bool,
 }
 
 impl<'a> DirtyLog<'a> {
     /// Turns on KVM dirty logging for every slot and clears the device-write bitmaps.
-    pub fn start(vm: &'a VmFd, mem: &'a GuestMemory) -> Result<Self, VmmError> {
+    pub fn start(vm: &'a VmFd, mem: &'a GuestMemory, keep_logging: bool) -> Result<Self, VmmError> {
         let manual_protect = enable_manual_protect(vm);
         set_dirty_logging(vm, mem, true)?;
         for region in mem.iter() {
@@ -40,6 +43,7 @@ impl<'a> DirtyLog<'a> {
             vm,
             mem,
             manual_protect,
+            keep_logging,
         })
     }
 
@@ -66,10 +70,37 @@ impl<'a> DirtyLog<'a> {
 
 impl Drop for DirtyLog<'_> {
     fn drop(&mut self) {
+        if self.keep_logging {
+            return;
+        }
         if let Err(e) = set_dirty_logging(self.vm, self.mem, false) {
             log::warn!("turning dirty logging off: {e}");
         }
     }
+}
+
+/// Pages dirtied since the last call (or since the VM started logging), for a diff snapshot of a
+/// VM that tracks dirty pages all the time; resets the logs. Whether a migration turned manual
+/// protection on is not known here, so the log is always cleared: KVM refuses the clear (EINVAL)
+/// when manual protection is off, and then reading the log already re-protected the pages.
+pub fn fetch_since_last_snapshot(vm: &VmFd, mem: &GuestMemory) -> Result<DirtyBitmaps, VmmError> {
+    let mut maps = Vec::new();
+    for (slot, region) in mem.iter().enumerate() {
+        let mut kvm = vm
+            .get_dirty_log(slot as u32, region.len() as usize)
+            .map_err(|e| VmmError::Kvm("KVM_GET_DIRTY_LOG", e))?;
+        match clear_dirty_log(vm, slot as u32, &mut kvm) {
+            Ok(()) => {}
+            Err(VmmError::Kvm(_, e)) if e.errno() == libc::EINVAL => {}
+            Err(e) => return Err(e),
+        }
+        let device = device_bitmap(region).get_and_reset();
+        for (word, dev) in kvm.iter_mut().zip(device) {
+            *word |= dev;
+        }
+        maps.push(kvm);
+    }
+    Ok(maps)
 }
 
 /// Turns on manual dirty-log protection where the host has it: KVM then write-protects only the

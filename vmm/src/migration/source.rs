@@ -74,7 +74,9 @@ fn run(
     started: Instant,
 ) -> Result<MigrationSummary, MigrationError> {
     let (memory, vm, config) = {
-        let c = lock(controller);
+        let mut c = lock(controller);
+        // The move reads (and so consumes) the dirty log: a later diff snapshot would miss pages.
+        c.invalidate_diff_base();
         if c.state() != VmState::Running {
             return Err(VmmError::InvalidState {
                 state: c.state().name(),
@@ -103,6 +105,7 @@ fn run(
     let mut replies = stream.try_clone().map_err(wire::WireError::Io)?;
     wire::write_hello(&mut stream).map_err(wire::WireError::Io)?;
     wire::expect_reply(&mut replies, Reply::HelloOk, "HELLO_OK")?;
+    let keep_logging = config.machine.track_dirty_pages;
     let start = MigrationStart {
         config,
         verify: options.verify,
@@ -111,7 +114,7 @@ fn run(
     wire::write_blob(&mut stream, wire::CONFIG, &json).map_err(wire::WireError::Io)?;
     wire::expect_reply(&mut replies, Reply::Accepted, "ACCEPTED")?;
 
-    let dirty = DirtyLog::start(&vm, &memory)?;
+    let dirty = DirtyLog::start(&vm, &memory, keep_logging)?;
     let mut sender = MemorySender::new(&mut stream);
     let io = |e: std::io::Error| MigrationError::Wire(wire::WireError::Io(e));
 
