@@ -135,8 +135,9 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("serial", "serial configuration over the API"),
 ];
 
-/// Keys whose values are JSON arrays in request bodies (`PUT /migration/receive`'s maps).
-const ARRAY_KEYS: &[&str] = &["drives", "network_interfaces"];
+/// Keys whose values are JSON arrays in request bodies (`PUT /migration/receive`'s maps and
+/// allow-list).
+const ARRAY_KEYS: &[&str] = &["drives", "network_interfaces", "allow_paths"];
 
 /// serde's derived structs also accept a JSON array of their fields in order (`[1, 128]` as a
 /// machine-config); the API documents objects only, so arrays are refused except where a body
