@@ -467,7 +467,8 @@ sc_migrate_net() {
     dd if=/dev/zero of="$W/disk.img" bs=1M count=4 2>/dev/null
     dd if=/dev/urandom of="$W/payload" bs=1M count=32 2>/dev/null
     want=$(md5 "$W/payload")
-    bg dst 300 ferry receive --listen "unix:$W/mig.sock" --api-socket "$W/dst.sock" --net-map net0=tap:ltap1
+    bg dst 300 ferry receive --listen "unix:$W/mig.sock" --api-socket "$W/dst.sock" --net-map net0=tap:ltap1 \
+        --disk-map "disk0=$W/disk.img"
     dpid=$pid
     bg src 300 ferry run $FA --kernel "$K" --initrd "$I" --disk "path=$W/disk.img,id=disk0" \
         --net "tap=ltap0,id=net0" --api-socket "$W/src.sock" \
