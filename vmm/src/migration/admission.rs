@@ -262,6 +262,7 @@ mod tests {
             queues: 1,
             rx_rate_limiter: None,
             tx_rate_limiter: None,
+            mtu: None,
         }
     }
 
