@@ -55,18 +55,26 @@ fn start_source_with(
 
 /// `ferry receive` on `listen`, with an API socket once the guest runs.
 fn start_destination(dir: &Path, name: &str, listen: &str) -> (FerryProcess, PathBuf) {
+    start_destination_with(dir, name, listen, &[])
+}
+
+/// `ferry receive` on `listen` with `extra` flags (maps, allow-list, credentials).
+fn start_destination_with(
+    dir: &Path,
+    name: &str,
+    listen: &str,
+    extra: &[&str],
+) -> (FerryProcess, PathBuf) {
     let socket = dir.join(format!("{name}.sock"));
-    let dest = FerryProcess::spawn(
-        dir,
-        name,
-        &[
-            "receive",
-            "--listen",
-            listen,
-            "--api-socket",
-            socket.to_str().unwrap(),
-        ],
-    );
+    let mut args = vec![
+        "receive",
+        "--listen",
+        listen,
+        "--api-socket",
+        socket.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let dest = FerryProcess::spawn(dir, name, &args);
     (dest, socket)
 }
 
@@ -460,7 +468,10 @@ fn migrates_a_guest_with_a_disk_and_only_the_destination_keeps_it_open() {
     let (mut source, socket) = start_source_with_disk(dir.path(), &disk_flag, 11);
 
     let listen = format!("unix:{}", dir.path().join("m.sock").display());
-    let (mut dest, dest_socket) = start_destination(dir.path(), "dest", &listen);
+    // The destination admits the shared disk through its allow-list (not a map).
+    let allow = dir.path().to_str().unwrap().to_string();
+    let (mut dest, dest_socket) =
+        start_destination_with(dir.path(), "dest", &listen, &["--allow-path", &allow]);
     wait_listening(&listen);
     let out = migrate(&socket, &listen, &["--verify"]);
     assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
@@ -569,6 +580,10 @@ fn a_lost_commit_acknowledgement_leaves_the_source_paused_in_doubt() {
 #[path = "../devices/tests/iscsi_support/mod.rs"]
 mod iscsi_support;
 
+/// Who may connect and what an incoming guest may open (tests/migration/security.rs).
+#[path = "migration/security.rs"]
+mod security;
+
 #[test]
 fn migrates_a_guest_on_an_iscsi_lun_opened_by_the_destination_itself() {
     let target = iscsi_support::Tgtd::start(64 << 20, iscsi_support::Setup::default());
@@ -576,7 +591,10 @@ fn migrates_a_guest_on_an_iscsi_lun_opened_by_the_destination_itself() {
     let disk_flag = format!("path={},id=san", target.url(1));
     let (mut source, socket) = start_source_with_disk(dir.path(), &disk_flag, 12);
     let listen = format!("unix:{}", dir.path().join("m.sock").display());
-    let (mut dest, dest_socket) = start_destination(dir.path(), "dest", &listen);
+    // The destination names the LUN itself.
+    let map = format!("san={}", target.url(1));
+    let (mut dest, dest_socket) =
+        start_destination_with(dir.path(), "dest", &listen, &["--disk-map", &map]);
     wait_listening(&listen);
     let out = migrate(&socket, &listen, &["--verify"]);
     assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);

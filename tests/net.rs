@@ -498,12 +498,16 @@ fn a_chosen_mac_is_kept_through_a_snapshot_and_restore() {
     drop(vm);
 
     let socket = dir.path().join("b.sock");
+    // The restore names the same tap itself (a snapshot opens only what is mapped or allowed).
+    let net_map = format!("net0=tap:{tap}");
     let mut restored = spawn(
         "b",
         &[
             "run",
             "--restore",
             snap.to_str().unwrap(),
+            "--net-map",
+            &net_map,
             "--api-socket",
             socket.to_str().unwrap(),
         ],

@@ -148,6 +148,9 @@ fn limited_disk_throttles_follows_patches_and_keeps_its_data() {
             "run",
             "--restore",
             snap.to_str().unwrap(),
+            // The snapshot's disk lies in this test's directory.
+            "--allow-path",
+            dir.path().to_str().unwrap(),
             "--api-socket",
             socket2.to_str().unwrap(),
         ],

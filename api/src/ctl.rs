@@ -91,11 +91,59 @@ pub enum CtlCommand {
         /// Return once started instead of waiting for the end.
         #[arg(long)]
         detach: bool,
+        #[command(flatten)]
+        security: MigrationSecurityArgs,
     },
     /// Show migration progress or its result.
     MigrationStatus,
     /// Print the metrics (Prometheus text; with --json, an object of samples).
     Metrics,
+}
+
+/// How `ferry ctl migrate` protects the stream (the source ferry reads these files).
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
+pub struct MigrationSecurityArgs {
+    /// TLS 1.3: this source's certificate chain (PEM); needs --tls-key and --tls-ca.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// TLS: the CA that signed the destination's certificate (PEM).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// The pre-shared-key channel: a file of at least 32 random bytes both sides hold.
+    #[arg(long, value_name = "FILE", conflicts_with = "tls_cert")]
+    pub psk_file: Option<PathBuf>,
+    /// Allow a plain TCP stream to a non-loopback address (anyone on the path can read the
+    /// guest's memory).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// An absolute form of a path given to ctl: the ferry that reads it has its own working
+/// directory.
+fn absolute(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
+impl MigrationSecurityArgs {
+    /// The `tls`, `psk_file` and `insecure` fields of a migration body.
+    fn add_to(&self, body: &mut Value) {
+        if let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            body["tls"] =
+                json!({ "cert": absolute(cert), "key": absolute(key), "ca": absolute(ca) });
+        }
+        if let Some(psk) = &self.psk_file {
+            body["psk_file"] = json!(absolute(psk));
+        }
+        if self.insecure {
+            body["insecure"] = json!(true);
+        }
+    }
 }
 
 /// Why a `ferry ctl` command failed.
@@ -146,14 +194,16 @@ pub fn run_ctl(socket: &Path, command: CtlCommand, json: bool) -> Result<String,
             verify,
             force_switchover,
             detach,
+            security,
         } => {
-            let body = json!({
+            let mut body = json!({
                 "destination_url": to,
                 "downtime_ms": downtime_ms.unwrap_or(DEFAULT_DOWNTIME_MS),
                 "max_iterations": max_iterations.unwrap_or(DEFAULT_MAX_ITERATIONS),
                 "verify": verify,
                 "force_switchover": force_switchover,
             });
+            security.add_to(&mut body);
             api.call("PUT", "/migration/send", Some(body))?;
             if detach {
                 return Ok(done(
@@ -528,9 +578,41 @@ mod tests {
                 max_iterations: None,
                 verify: true,
                 force_switchover: false,
-                detach: false
+                detach: false,
+                security: MigrationSecurityArgs::default(),
             }
         );
+        // TLS needs all three files; TLS and a PSK exclude each other; paths become absolute.
+        let tls = [
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-ca",
+            "ca.pem",
+        ];
+        let base = ["ferry", "--api-socket", "/s", "migrate", "--to", "tcp:h:1"];
+        let parse = |extra: &[&str]| {
+            let argv: Vec<&str> = base.iter().chain(extra).copied().collect();
+            Cli::try_parse_from(argv)
+        };
+        assert!(parse(&tls[..2]).is_err());
+        assert!(parse(&[&tls[..], &["--psk-file", "k"]].concat()).is_err());
+        let Ok(Cli {
+            ctl:
+                CtlArgs {
+                    command: CtlCommand::Migrate { security, .. },
+                    ..
+                },
+        }) = parse(&tls)
+        else {
+            panic!("TLS flags refused");
+        };
+        let mut body = json!({});
+        security.add_to(&mut body);
+        assert!(body["tls"]["cert"]
+            .as_str()
+            .is_some_and(|p| p.starts_with('/')));
         let cli = Cli::parse_from([
             "ferry",
             "--api-socket",

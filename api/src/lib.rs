@@ -23,7 +23,7 @@ pub mod validate;
 use std::path::PathBuf;
 
 pub use config::*;
-pub use ctl::{run_ctl, CtlArgs, CtlCommand, CtlError};
+pub use ctl::{run_ctl, CtlArgs, CtlCommand, CtlError, MigrationSecurityArgs};
 pub use handler::{ApiHandler, ApiResponse, ChannelHandler, PendingRequest};
 pub use migration::*;
 pub use models::*;

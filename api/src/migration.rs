@@ -81,6 +81,39 @@ fn yes() -> bool {
     true
 }
 
+/// TLS 1.3 with mutual certificates: this side's PEM certificate chain and key, and the CA that
+/// signed the peer's certificate (`--tls-cert`, `--tls-key`, `--tls-ca`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationTls {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+}
+
+impl MigrationTls {
+    fn validate(&self) -> Result<(), String> {
+        check_path("tls.cert", &self.cert)?;
+        check_path("tls.key", &self.key)?;
+        check_path("tls.ca", &self.ca)
+    }
+}
+
+/// The protection fields shared by send and receive: TLS or a PSK file (not both); plain TCP
+/// off loopback only with `insecure`.
+fn validate_security(tls: Option<&MigrationTls>, psk_file: Option<&str>) -> Result<(), String> {
+    if let Some(tls) = tls {
+        tls.validate()?;
+    }
+    if let Some(psk) = psk_file {
+        check_path("psk_file", psk)?;
+    }
+    if tls.is_some() && psk_file.is_some() {
+        return Err("give either tls or psk_file, not both".into());
+    }
+    Ok(())
+}
+
 /// `PUT /migration/send`: start migrating this (running) guest. Returns at once; progress and
 /// the result are in `GET /migration`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +134,15 @@ pub struct MigrationSend {
     /// Throttle vCPUs when the guest dirties memory faster than the link.
     #[serde(default = "yes")]
     pub auto_converge: bool,
+    /// Protect the stream with TLS (mutual certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MigrationTls>,
+    /// Protect the stream with the pre-shared key in this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk_file: Option<String>,
+    /// Allow a plain TCP stream to a non-loopback address.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 impl MigrationSend {
@@ -111,6 +153,7 @@ impl MigrationSend {
 
     pub(crate) fn validate(&self) -> Result<(), String> {
         self.destination()?;
+        validate_security(self.tls.as_ref(), self.psk_file.as_deref())?;
         if self.downtime_ms == 0 || self.downtime_ms > MAX_DOWNTIME_MS {
             return Err(format!(
                 "downtime_ms must be between 1 and {MAX_DOWNTIME_MS}"
@@ -220,6 +263,19 @@ pub struct MigrationReceive {
     pub listen_url: String,
     #[serde(default)]
     pub maps: MigrationMaps,
+    /// Host resources an incoming configuration may name besides the maps (`--allow-path`):
+    /// path prefixes, `iscsi://` URL prefixes, `tap:PREFIX`, `macvtap:PREFIX`.
+    #[serde(default)]
+    pub allow_paths: Vec<String>,
+    /// Admit only sources that complete TLS with a certificate from `tls.ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MigrationTls>,
+    /// Admit only sources that hold the pre-shared key in this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk_file: Option<String>,
+    /// Allow listening for plain TCP on a non-loopback address.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 impl MigrationReceive {
@@ -230,6 +286,10 @@ impl MigrationReceive {
 
     pub(crate) fn validate(&self) -> Result<(), String> {
         self.listen()?;
+        validate_security(self.tls.as_ref(), self.psk_file.as_deref())?;
+        for entry in &self.allow_paths {
+            check_path("allow_paths entry", entry)?;
+        }
         for map in &self.maps.drives {
             map.validate()?;
         }

@@ -135,11 +135,12 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("serial", "serial configuration over the API"),
 ];
 
-/// Keys whose values are JSON arrays in request bodies (`PUT /migration/receive`'s maps,
-/// `PUT /snapshot/load`'s overrides and diff chain).
+/// Keys whose values are JSON arrays in request bodies (`PUT /migration/receive`'s maps and
+/// allow-list, `PUT /snapshot/load`'s overrides and diff chain).
 const ARRAY_KEYS: &[&str] = &[
     "drives",
     "network_interfaces",
+    "allow_paths",
     "network_overrides",
     "mem_diff_paths",
 ];

@@ -42,6 +42,7 @@ fn migrate(to: &str, detach: bool) -> CtlCommand {
         verify: true,
         force_switchover: false,
         detach,
+        security: Default::default(),
     }
 }
 

@@ -13,11 +13,12 @@
 #
 # Usage: resources/bench/migration.sh [-n RUNS] [--transport tcp|unix] [--downtime-ms MS]
 #            [--only NAME[,NAME...]] [--timeout S] [--ferry PATH] [--probe PATH]
-#            [--qemu PATH|none] [--keep DIR]
+#            [--qemu PATH|none] [--keep DIR] [--security plain|tls|psk]
 # Scenarios (NAME: guest, hot region at rate): idle-256M, dirty-256M (128 MiB at 64 MiB/s),
 # idle-1G, dirty-1G (256 MiB at 64 MiB/s), dirty-4G (768 MiB at 256 MiB/s), stream-1G (896 MiB
 # at 256 MiB/s: a mostly-dirty guest whose migration measures stream throughput).
 # Defaults: 5 runs, tcp, 300 ms, every scenario, 120 s per migration, target/release/{ferry,probe}.
+# --security protects ferry's stream (tcp): TLS 1.3 with throwaway certificates, or the PSK channel.
 # --keep DIR keeps every sample (samples.jsonl) and each run's logs (DIR/SCENARIO-VMM-I/).
 # Build first: cargo build --release -p ferry-vmm -p ferry-probe
 set -euo pipefail
@@ -33,6 +34,7 @@ ferry="$root/target/release/ferry"
 probe="$root/target/release/probe"
 qemu="qemu-system-x86_64"
 keep=""
+security=plain
 
 die() { echo "migration.sh: error: $*" >&2; exit 1; }
 while [ $# -gt 0 ]; do
@@ -46,7 +48,8 @@ while [ $# -gt 0 ]; do
         --probe) probe="${2:?}"; shift 2 ;;
         --qemu) qemu="${2:?}"; shift 2 ;;
         --keep) keep="${2:?}"; shift 2 ;;
-        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+        --security) security="${2:?}"; shift 2 ;;
+        -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
 done
@@ -116,7 +119,8 @@ for sc in "${scenarios[@]}"; do
                 python3 "$here/migration_run.py" \
                 --vmm "$vmm" --memory "$mem" --dirty-mib "$hot" --rate "$rate" \
                 --transport "$transport" --downtime-ms "$downtime" --timeout "$timeout" \
-                --ferry "$ferry" --qemu "$qemu" --probe "$probe" "${logs[@]}" || true
+                --ferry "$ferry" --qemu "$qemu" --probe "$probe" --security "$security" \
+                "${logs[@]}" || true
             line="$(cat "$work/line")"
             [ -n "$line" ] || line='{"error":"migration_run.py was killed by the timeout"}'
             echo "$line" | python3 -c '

@@ -5,6 +5,7 @@ let the dirtier warm up, migrate over loopback, read the VMM's own figures, kill
 Usage: migration_run.py --vmm ferry|qemu --memory MIB --dirty-mib N [--rate R] [--settle S]
                         [--transport tcp|unix] [--downtime-ms MS] [--max-iterations N]
                         [--timeout S] [--ferry PATH] [--qemu PATH] [--probe PATH] [--workdir DIR]
+                        [--security plain|tls|psk]
 
 Prints one JSON object on stdout (always, exit status 0 unless the arguments are wrong):
   vmm, total_ms, downtime_ms, bytes, rounds   the VMM's own figures:
@@ -138,6 +139,34 @@ def json_events(text):
     return events
 
 
+def security_flags(args, work):
+    """(destination flags, source flags) for --security: plain, tls (a throwaway CA and two
+    certificates made with openssl in the work directory) or psk (32 random bytes)."""
+    if args.security == "plain":
+        return [], []
+    if args.security == "psk":
+        key = os.path.join(work, "psk")
+        with open(key, "wb") as f:
+            f.write(os.urandom(32))
+        return ["--psk-file", key], ["--psk-file", key]
+    def ssl(*argv):
+        subprocess.run(["openssl", *argv], check=True, capture_output=True, cwd=work)
+    ssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=bench CA", "-days", "1")
+    for name in ("dst", "src"):
+        ssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        with open(os.path.join(work, "san.ext"), "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", "san.ext")
+    def tls(name):
+        return ["--tls-cert", os.path.join(work, f"{name}.pem"),
+                "--tls-key", os.path.join(work, f"{name}.key"),
+                "--tls-ca", os.path.join(work, "ca.pem")]
+    return tls("dst"), tls("src")
+
+
 def run_ferry(args, work, procs):
     src_sock = os.path.join(work, "src.sock")
     dst_sock = os.path.join(work, "dst.sock")
@@ -153,13 +182,16 @@ def run_ferry(args, work, procs):
     if "FAIL" in read(src_out):
         raise Failure(f"probe failed: {read(src_out).strip()}")
     wait_until(lambda: connects(src_sock), 30, "the source API socket", src, src_err)
+    dst_security, src_security = security_flags(args, work)
     dst = procs.spawn([args.ferry, "receive", "--listen", url, "--api-socket", dst_sock,
-                       "--serial", "none", "--log-level", args.ferry_log_level], dst_out, dst_err)
+                       "--serial", "none", "--log-level", args.ferry_log_level, *dst_security],
+                      dst_out, dst_err)
     wait_until(lambda: listening(url), 30, "ferry receive to listen", dst, dst_err)
     time.sleep(settle(args))
 
     ctl = [args.ferry, "ctl", "--api-socket", src_sock, "--json", "migrate", "--to", url,
-           "--downtime-ms", str(args.downtime_ms), "--max-iterations", str(args.max_iterations)]
+           "--downtime-ms", str(args.downtime_ms), "--max-iterations", str(args.max_iterations),
+           *src_security]
     started = time.monotonic()
     try:
         out = subprocess.run(ctl, capture_output=True, timeout=args.timeout)
@@ -361,6 +393,8 @@ def main():
     p.add_argument("--ferry-log-level", default="warn",
                    help="ferry's --log-level (info shows the switchover phases)")
     p.add_argument("--workdir", default=None, help="keep the logs here instead of a temp dir")
+    p.add_argument("--security", choices=["plain", "tls", "psk"], default="plain",
+                   help="ferry's stream protection (tcp only)")
     args = p.parse_args()
 
     work = args.workdir or tempfile.mkdtemp(prefix="ferry-migbench-")

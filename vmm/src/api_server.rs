@@ -17,9 +17,13 @@ use ferry_api::{
 use crate::builder::BuildOptions;
 use crate::controller::{VmController, VmState};
 use crate::metrics::{ApiCounters, FirecrackerMetrics};
+use crate::migration::admission::Admission;
 use crate::migration::destination::{receive, ReceiveMaps, ReceiveOptions};
 use crate::migration::source::migrate;
-use crate::migration::{MigrationPhase, MigrationProgress, MigrationUrl, SendOptions};
+use crate::migration::tls::TlsFiles;
+use crate::migration::{
+    MigrationPhase, MigrationProgress, MigrationUrl, Security, SecurityOptions, SendOptions,
+};
 use crate::{snapshot, VmmError};
 
 /// How long the process stays up after answering a request that ended the guest.
@@ -359,12 +363,19 @@ impl ApiService {
                         action: "migrating",
                     });
                 }
+                // Credentials are read now: a missing or bad file is this request's 400.
+                let security = Security::for_url(
+                    &security_options(req.tls.as_ref(), req.psk_file.as_deref(), req.insecure),
+                    &url,
+                )
+                .map_err(VmmError::Config)?;
                 let options = SendOptions {
                     downtime_ms: req.downtime_ms,
                     max_iterations: req.max_iterations,
                     verify: req.verify,
                     force_switchover: req.force_switchover,
                     auto_converge: req.auto_converge,
+                    security,
                 };
                 drop(c);
                 self.spawn_migration(url, options)?;
@@ -407,8 +418,15 @@ impl ApiService {
                         })
                         .collect(),
                 };
+                let security = Security::for_url(
+                    &security_options(req.tls.as_ref(), req.psk_file.as_deref(), req.insecure),
+                    &url,
+                )
+                .map_err(VmmError::Config)?;
                 let options = ReceiveOptions {
                     maps,
+                    admission: Admission::new(&req.allow_paths)?,
+                    security,
                     serial: c.config().serial.clone(),
                     build: BuildOptions::default(),
                 };
@@ -517,5 +535,22 @@ impl ApiService {
 
     fn metrics_text(&self, c: &VmController) -> String {
         crate::metrics::prometheus_text(c, &lock(&self.migration))
+    }
+}
+
+/// The protection an API body asked for, as the transport takes it.
+fn security_options(
+    tls: Option<&ferry_api::MigrationTls>,
+    psk_file: Option<&str>,
+    insecure: bool,
+) -> SecurityOptions {
+    SecurityOptions {
+        tls: tls.map(|t| TlsFiles {
+            cert: t.cert.clone().into(),
+            key: t.key.clone().into(),
+            ca: t.ca.clone().into(),
+        }),
+        psk_file: psk_file.map(Into::into),
+        insecure,
     }
 }

@@ -11,8 +11,11 @@ use ferry_arch::boot::BootPreference;
 use ferry_arch::cpuid::{feature_by_name, CpuFeature, HIDEABLE_FEATURES};
 
 use crate::builder::BuildOptions;
+use std::path::PathBuf;
+
 use crate::migration::destination::ReceiveMaps;
-use crate::migration::MigrationUrl;
+use crate::migration::tls::TlsFiles;
+use crate::migration::{MigrationUrl, SecurityOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,6 +60,13 @@ pub struct ReceiveArgs {
     /// Replace interface ID's backend on this host: ID=macvtap:NAME or ID=tap:NAME.
     #[arg(long = "net-map", value_name = "ID=KIND:NAME", value_parser = parse_net_map)]
     pub net_maps: Vec<(String, NetBackendConfig)>,
+    /// Also admit host resources under PREFIX that the incoming configuration names (repeatable):
+    /// a path prefix (resolved; no `..` or symlink escape), an iscsi://HOST:PORT/ URL prefix,
+    /// tap:NAME-PREFIX or macvtap:NAME-PREFIX. Default: nothing outside the maps.
+    #[arg(long = "allow-path", value_name = "PREFIX")]
+    pub allow_paths: Vec<String>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
     /// Serve the HTTP API on this Unix socket once the guest runs here.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<String>,
@@ -66,6 +76,43 @@ pub struct ReceiveArgs {
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", value_name = "LEVEL", value_parser = parse_log_level)]
     pub log_level: log::LevelFilter,
+}
+
+/// Who may send this ferry a guest (`ferry receive`).
+#[derive(Debug, Default, Args)]
+pub struct SecurityArgs {
+    /// TLS 1.3: this destination's certificate chain (PEM); needs --tls-key and --tls-ca.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// TLS: the CA whose certificates sources must present (PEM).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// The pre-shared-key channel: admit only sources holding this key file (≥ 32 random bytes).
+    #[arg(long, value_name = "FILE", conflicts_with = "tls_cert")]
+    pub psk_file: Option<PathBuf>,
+    /// Allow listening for plain TCP on a non-loopback address.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl SecurityArgs {
+    pub fn options(&self) -> SecurityOptions {
+        SecurityOptions {
+            tls: match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+                (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: ca.clone(),
+                }),
+                _ => None,
+            },
+            psk_file: self.psk_file.clone(),
+            insecure: self.insecure,
+        }
+    }
 }
 
 impl ReceiveArgs {
@@ -142,6 +189,22 @@ pub struct RunArgs {
     #[arg(long = "net", value_name = "macvtap=NAME|tap=NAME|fd=N[,mac=MAC][,id=ID][,mtu=N][,queues=N][,rx-bps=N][,tx-bps=N][,rx-pps=N][,tx-pps=N]",
           value_parser = parse_net)]
     pub nets: Vec<NetConfig>,
+    /// With --restore: replace drive ID's host path (as `ferry receive --disk-map`).
+    #[arg(long = "disk-map", value_name = "ID=PATH", value_parser = parse_disk_map,
+          requires = "restore")]
+    pub disk_maps: Vec<(String, String)>,
+    /// With --restore: replace interface ID's backend (as `ferry receive --net-map`).
+    #[arg(long = "net-map", value_name = "ID=KIND:NAME", value_parser = parse_net_map,
+          requires = "restore")]
+    pub net_maps: Vec<(String, NetBackendConfig)>,
+    /// With --restore: admit the snapshot's host resources under PREFIX (as `ferry receive
+    /// --allow-path`).
+    #[arg(long = "allow-path", value_name = "PREFIX", requires = "restore")]
+    pub allow_paths: Vec<String>,
+    /// With --restore: open whatever the snapshot names, unchecked — for a snapshot this host
+    /// wrote and nobody else could change.
+    #[arg(long, requires = "restore", conflicts_with = "allow_paths")]
+    pub trust_snapshot: bool,
     /// Serve the HTTP API on this Unix socket. Without --kernel/--restore, wait to be configured
     /// through it.
     #[arg(long, value_name = "PATH")]
@@ -152,6 +215,14 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The maps of `--restore` (as `ferry receive`'s).
+    pub fn restore_maps(&self) -> ReceiveMaps {
+        ReceiveMaps {
+            disks: self.disk_maps.iter().cloned().collect(),
+            nets: self.net_maps.iter().cloned().collect(),
+        }
+    }
+
     /// The VM configuration and build options these flags describe.
     pub fn to_config(&self, stdin_is_terminal: bool) -> (VmConfig, BuildOptions) {
         let serial = serial_config(self.serial.as_ref(), stdin_is_terminal);

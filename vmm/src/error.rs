@@ -19,6 +19,10 @@ pub enum VmmError {
     KvmCapability(&'static str),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A migration stream or snapshot named a host resource this host did not admit
+    /// (`migration::admission`); nothing was opened.
+    #[error("refused before opening anything: {0}")]
+    NotAdmitted(String),
     #[error("cannot allocate {size_mib} MiB of guest memory: {reason}")]
     Memory { size_mib: u64, reason: String },
     #[error("cannot open kernel {path}: {source}")]

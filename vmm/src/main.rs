@@ -15,7 +15,9 @@ use ferry_vmm::cli::{serial_config, Cli, Command, ReceiveArgs, RunArgs};
 use ferry_vmm::controller::VmController;
 use ferry_vmm::event_loop::RawTerminal;
 use ferry_vmm::firecracker_cli;
-use ferry_vmm::migration::destination::{receive as receive_migration, ReceiveOptions};
+use ferry_vmm::migration::admission::Admission;
+use ferry_vmm::migration::destination::{apply_maps, receive as receive_migration, ReceiveOptions};
+use ferry_vmm::migration::Security;
 use ferry_vmm::{snapshot, VmmError};
 
 fn main() -> ExitCode {
@@ -62,6 +64,16 @@ fn run(args: RunArgs) -> Result<u8, VmmError> {
             let mut saved = snapshot::read_state(&dir.join(snapshot::STATE_FILE))?;
             // This invocation's console, not the one the snapshot was taken with.
             saved.config.serial = config.serial.clone();
+            // A snapshot is data: it opens only what this host maps or allows (or vouches for
+            // with --trust-snapshot), as an incoming migration does.
+            let maps = args.restore_maps();
+            apply_maps(&mut saved.config, &maps)?;
+            let admission = if args.trust_snapshot {
+                Admission::trust_all()
+            } else {
+                Admission::new(&args.allow_paths)?
+            };
+            admission.admit(&mut saved.config, &maps)?;
             let mut controller =
                 snapshot::restore(&dir.join(snapshot::MEMORY_FILE), &saved, options)?;
             controller.resume()?;
@@ -114,8 +126,13 @@ fn exit_status(status: i32) -> u8 {
 fn receive(args: ReceiveArgs) -> Result<u8, VmmError> {
     init_logging(args.log_level);
     let serial = serial_config(args.serial.as_ref(), std::io::stdin().is_terminal());
+    // Credentials and the allow-list are read before listening: a bad file fails at once.
+    let security =
+        Security::for_url(&args.security.options(), &args.listen).map_err(VmmError::Config)?;
     let options = ReceiveOptions {
         maps: args.receive_maps(),
+        admission: Admission::new(&args.allow_paths)?,
+        security,
         serial,
         build: BuildOptions::default(),
     };

@@ -412,7 +412,8 @@ lab_guest() { echo "${GUEST:-$FA --kernel $K --initrd $I}"; }
 powered_off() { [ -z "${END:-}" ] || grep -q 'reboot: Power down' "$1"; }
 mig_test() { # mig_test URL
     dd if=/dev/zero of="$W/disk.img" bs=1M count=4 2>/dev/null
-    bg dst 300 ferry receive --listen "$1" --api-socket "$W/dst.sock"
+    # The destination names the shared disk itself (an incoming configuration opens nothing else).
+    bg dst 300 ferry receive --listen "$1" --api-socket "$W/dst.sock" --disk-map "disk0=$W/disk.img"
     dpid=$pid
     bg src 300 ferry run $(lab_guest) --disk "path=$W/disk.img,id=disk0" --api-socket "$W/src.sock" \
         --cmdline "lab.test=counter ${END:-} $L2X"
@@ -466,7 +467,8 @@ sc_migrate_net() {
     dd if=/dev/zero of="$W/disk.img" bs=1M count=4 2>/dev/null
     dd if=/dev/urandom of="$W/payload" bs=1M count=32 2>/dev/null
     want=$(md5 "$W/payload")
-    bg dst 300 ferry receive --listen "unix:$W/mig.sock" --api-socket "$W/dst.sock" --net-map net0=tap:ltap1
+    bg dst 300 ferry receive --listen "unix:$W/mig.sock" --api-socket "$W/dst.sock" --net-map net0=tap:ltap1 \
+        --disk-map "disk0=$W/disk.img"
     dpid=$pid
     bg src 300 ferry run $FA --kernel "$K" --initrd "$I" --disk "path=$W/disk.img,id=disk0" \
         --net "tap=ltap0,id=net0" --api-socket "$W/src.sock" \
@@ -543,7 +545,8 @@ sc_snapshot() {
     kill -KILL "$apid"
     wait "$apid" 2>/dev/null
     sz=$(du -sk "$W/snap" 2>/dev/null | cut -f1)
-    bg b 300 ferry run --restore "$W/snap"
+    # The snapshot's disk is admitted by the allow-list, as for a snapshot from elsewhere.
+    bg b 300 ferry run --restore "$W/snap" --allow-path "$W"
     bpid=$pid
     next=$((${c:-0} + 2))
     if waitfor "$W/b.out" "lab-l2: count=$next\\b" 60 "$bpid"; then cont=yes; else cont=no; fi

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use ferry_api::{NetBackendConfig, SerialConfig, VmConfig};
 
+use super::admission::Admission;
 use super::memory::{memory_digest, range_in_ram, receive_data, receive_zero};
-use super::transport::{Listener, MigrationUrl, Stream};
+use super::transport::{Listener, MigrationUrl, Security, Stream};
 use super::wire::{self, SourceMessage, WireError};
 use super::{MigrationError, MigrationStart};
 use crate::builder::{build_vm_for_restore, BuildOptions};
@@ -32,6 +33,10 @@ pub struct ReceiveMaps {
 /// What the receiving ferry needs besides the stream.
 pub struct ReceiveOptions {
     pub maps: ReceiveMaps,
+    /// What the incoming configuration may name besides the maps.
+    pub admission: Admission,
+    /// Who may connect: the credentials a source must prove (plain: anyone who can connect).
+    pub security: Security,
     /// This host's console, replacing the source's.
     pub serial: SerialConfig,
     pub build: BuildOptions,
@@ -76,7 +81,7 @@ pub fn receive(
         source,
     })?;
     log::info!("waiting for an incoming migration on {listen}");
-    let stream = listener.accept().map_err(WireError::Io)?;
+    let stream = listener.accept(&options.security).map_err(WireError::Io)?;
     drop(listener);
     let mut replies = stream.try_clone().map_err(WireError::Io)?;
     match receive_on(stream, &mut replies, options) {
@@ -121,6 +126,8 @@ fn receive_on(
     };
     let mut config = start.config;
     apply_maps(&mut config, &options.maps)?;
+    // Before anything is opened: every host resource is mapped or allowed.
+    options.admission.admit(&mut config, &options.maps)?;
     config.serial = options.serial;
     let built = build_vm_for_restore(&config, &options.build)?;
     let memory = built.memory.clone();

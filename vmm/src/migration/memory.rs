@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -75,8 +75,22 @@ pub struct SendStats {
     pub bytes: u64,
 }
 
+/// Where pages go: a stream, and the socket under it when guest memory may be written to it
+/// directly.
+pub trait PageSink: Write {
+    /// The socket to write(2) large runs to straight from guest memory; `None` when the stream
+    /// transforms its bytes (TLS, the PSK channel), so every byte must go through [`Write`].
+    fn raw_fd(&self) -> Option<RawFd>;
+}
+
+impl PageSink for std::os::unix::net::UnixStream {
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.as_fd().as_raw_fd())
+    }
+}
+
 /// Streams pages to the destination.
-pub struct MemorySender<'a, W: Write + AsFd> {
+pub struct MemorySender<'a, W: PageSink> {
     out: &'a mut W,
     buf: Vec<u8>,
     residency: Residency,
@@ -84,7 +98,7 @@ pub struct MemorySender<'a, W: Write + AsFd> {
     pub stats: SendStats,
 }
 
-impl<'a, W: Write + AsFd> MemorySender<'a, W> {
+impl<'a, W: PageSink> MemorySender<'a, W> {
     pub fn new(out: &'a mut W) -> Self {
         Self {
             out,
@@ -199,7 +213,15 @@ impl<'a, W: Write + AsFd> MemorySender<'a, W> {
         }
         self.push(&header)?;
         self.flush()?;
-        write_raw(self.out.as_fd().as_raw_fd(), ptr, len)?;
+        match self.out.raw_fd() {
+            Some(fd) => write_raw(fd, ptr, len)?,
+            None => {
+                // SAFETY: `len` bytes at `ptr` lie inside guest memory (see send_run). The
+                // guest may change them while they are encrypted; the dirty log resends them.
+                self.out
+                    .write_all(unsafe { std::slice::from_raw_parts(ptr, len) })?
+            }
+        }
         self.stats.bytes += len as u64;
         Ok(())
     }

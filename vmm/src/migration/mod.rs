@@ -2,19 +2,25 @@
 //! short switchover that moves vCPU, KVM and device state. Storage is shared, so only RAM moves.
 //!
 //! * [`wire`]: the versioned stream format (every length checked on receive).
+//! * [`transport`]: endpoints and their protection: [`tls`] (mutual certificates) or [`psk`]
+//!   (a pre-shared key); plain TCP only on loopback unless `--insecure`.
 //! * [`dirty`]: KVM's dirty log OR'ed with device writes.
 //! * [`memory`]: page runs, zero markers, digest.
 //! * [`source`]: the sending side's rounds, convergence, auto-converge throttle and commit.
 //! * [`destination`]: `ferry receive`.
+//! * [`admission`]: which host resources an incoming configuration may make this host open.
 //!
 //! Safety rule: after the source sends COMMIT it never runs the guest again. If the destination's
 //! COMMITTED answer does not arrive, the source stays paused and reports `in-doubt`: two running
 //! copies of a guest on shared storage would corrupt its disks.
 
+pub mod admission;
 pub mod destination;
 pub mod dirty;
 pub mod memory;
+pub mod psk;
 pub mod source;
+pub mod tls;
 pub mod transport;
 pub mod wire;
 
@@ -22,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use ferry_api::VmConfig;
 
-pub use transport::MigrationUrl;
+pub use transport::{MigrationUrl, Security, SecurityOptions};
 
 /// What CONFIG carries: the VM configuration and how the stream will end.
 #[derive(Debug, Serialize, Deserialize)]
@@ -111,6 +117,8 @@ pub struct SendOptions {
     pub verify: bool,
     pub force_switchover: bool,
     pub auto_converge: bool,
+    /// How the stream is protected (credentials already loaded).
+    pub security: transport::Security,
 }
 
 impl Default for SendOptions {
@@ -121,6 +129,7 @@ impl Default for SendOptions {
             verify: false,
             force_switchover: false,
             auto_converge: true,
+            security: transport::Security::Plain,
         }
     }
 }

@@ -1,7 +1,6 @@
 //! The sending side: connect, pre-copy rounds until the remainder fits the downtime budget,
 //! switch over, commit.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -95,10 +94,11 @@ fn run(
         (memory, vm, c.config().clone())
     };
 
-    let mut stream = Stream::connect(url).map_err(|source| MigrationError::Connect {
-        url: url.to_string(),
-        source,
-    })?;
+    let mut stream =
+        Stream::connect(url, &options.security).map_err(|source| MigrationError::Connect {
+            url: url.to_string(),
+            source,
+        })?;
     stream
         .set_read_timeout(Some(REPLY_TIMEOUT))
         .map_err(wire::WireError::Io)?;
@@ -235,7 +235,7 @@ fn run(
 }
 
 /// With the VM paused: last pages, state, optional digest, READY, COMMIT, COMMITTED.
-fn switchover<W: Write + std::os::fd::AsFd>(
+fn switchover<W: super::memory::PageSink>(
     controller: &Arc<Mutex<VmController>>,
     sender: &mut MemorySender<'_, W>,
     dirty: &DirtyLog<'_>,
