@@ -37,6 +37,9 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Firecracker API level ferry speaks, reported as `firecracker_version` by `GET /version`.
 pub const FIRECRACKER_API_VERSION: &str = "1.7.0";
 
+/// A refused body up to this size is read (and dropped) before the answer, so that the client
+/// gets the answer; a larger one is not worth reading, and its connection is just closed.
+const DRAIN_LIMIT_BYTES: u64 = 1 << 20;
 /// Firecracker's default request body limit (its `--http-api-max-payload-size`), bytes.
 pub const FIRECRACKER_MAX_PAYLOAD_BYTES: usize = 51_200;
 
@@ -273,6 +276,15 @@ async fn respond(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(size) = declared.filter(|&len| len > options.max_body_bytes as u64) {
+        if size <= DRAIN_LIMIT_BYTES {
+            // Read the refused body before answering: closing a Unix socket with unread bytes
+            // resets it, and the client would see ECONNRESET instead of the answer.
+            let mut body = request.into_body();
+            let drain = async {
+                while let Some(Ok(_)) = body.frame().await {}
+            };
+            let _ = tokio::time::timeout(options.body_timeout, drain).await;
+        }
         return closing(oversize(&options, Some(size)));
     }
     let (parts, body) = request.into_parts();
