@@ -170,6 +170,9 @@ pub struct VmConfig {
     pub exit_device_port: Option<u16>,
     pub drives: Vec<DriveConfig>,
     pub nets: Vec<NetConfig>,
+    /// A custom CPU template (`PUT /cpu-config`), applied to every vCPU.
+    #[serde(default)]
+    pub cpu_template: Option<crate::CpuTemplate>,
 }
 
 impl VmConfig {

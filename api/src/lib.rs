@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod cpu_template;
 pub mod ctl;
 pub mod handler;
 pub mod migration;
@@ -23,6 +24,7 @@ pub mod validate;
 use std::path::PathBuf;
 
 pub use config::*;
+pub use cpu_template::{CpuTemplate, CpuidModifier, CpuidRegister, KvmCapability, MsrModifier};
 pub use ctl::{run_ctl, CtlArgs, CtlCommand, CtlError, MigrationSecurityArgs};
 pub use handler::{ApiHandler, ApiResponse, ChannelHandler, PendingRequest};
 pub use migration::*;

@@ -225,6 +225,11 @@ fn handle(s: &mut State, request: ApiRequest) -> Result<ApiResponse, ApiResponse
             s.logger = Some(logger);
             ApiResponse::NoContent
         }
+        R::PutCpuConfig(template) => {
+            pre_boot(s, "setting a CPU template")?;
+            s.config.cpu_template = Some(template);
+            ApiResponse::NoContent
+        }
         R::PutMetrics(metrics) => {
             s.metrics = Some(metrics);
             ApiResponse::NoContent

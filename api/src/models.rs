@@ -597,8 +597,6 @@ pub(crate) struct SnapshotLoadBody {
     #[serde(default)]
     network_overrides: Vec<NetworkOverride>,
     #[serde(default)]
-    vsock_override: Option<serde_json::Value>,
-    #[serde(default)]
     clock_realtime: bool,
     #[serde(default)]
     mem_diff_paths: Vec<String>,
@@ -654,9 +652,6 @@ impl SnapshotLoadBody {
             (None, None) => return Err("missing mem_backend (or mem_file_path)".into()),
         };
         check_path("mem_backend.backend_path", &mem_file_path)?;
-        if self.vsock_override.is_some() {
-            return Err("vsock_override: ferry snapshots hold no vsock device".into());
-        }
         for (i, o) in self.network_overrides.iter().enumerate() {
             check_id("network_overrides[].iface_id", &o.iface_id)?;
             if o.host_dev_name.is_empty() || o.host_dev_name.len() > 15 {

@@ -50,6 +50,8 @@ pub enum ApiRequest {
     PutLogger(LoggerConfig),
     /// `PUT /metrics`: where `FlushMetrics` writes.
     PutMetrics(MetricsConfig),
+    /// `PUT /cpu-config` (before boot): a custom CPU template.
+    PutCpuConfig(crate::CpuTemplate),
     /// `PUT /migration/send` (extension): start; answer 204 at once.
     MigrationSend(MigrationSend),
     /// `PUT /migration/receive` (extension): listen; answer 204 once listening.
@@ -130,7 +132,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("mmds", "the microVM metadata service (MMDS)"),
     ("vsock", "vsock devices"),
     ("entropy", "the entropy device"),
-    ("cpu-config", "custom CPU templates"),
     ("hotplug", "hotplug"),
     ("serial", "serial configuration over the API"),
 ];
@@ -143,6 +144,10 @@ const ARRAY_KEYS: &[&str] = &[
     "allow_paths",
     "network_overrides",
     "mem_diff_paths",
+    "kvm_capabilities",
+    "cpuid_modifiers",
+    "modifiers",
+    "msr_modifiers",
 ];
 
 /// serde's derived structs also accept a JSON array of their fields in order (`[1, 128]` as a
@@ -277,6 +282,12 @@ pub(crate) fn route(method: &str, path: &str, body: &[u8]) -> Result<Routed, Req
         (["metrics"], "GET") => R::GetMetrics,
         (["metrics"], "PUT") => R::PutMetrics(checked(body, |m: &MetricsConfig| m.validate())?),
         (["metrics"], _) => return Err(not_allowed("GET, PUT")),
+        (["cpu-config"], "PUT") => R::PutCpuConfig(
+            json::<crate::cpu_template::CpuConfigBody>(body)?
+                .into_template()
+                .map_err(bad)?,
+        ),
+        (["cpu-config"], _) => return Err(not_allowed("PUT")),
         (["migration"], "GET") => R::GetMigration,
         (["migration"], _) => return Err(not_allowed("GET")),
         (["migration", "send"], "PUT") => R::MigrationSend(checked(body, MigrationSend::validate)?),

@@ -338,6 +338,11 @@ impl ApiService {
                 }
                 ApiResponse::NoContent
             }
+            ApiRequest::PutCpuConfig(template) => {
+                c.config_mut("setting a CPU template after boot")?
+                    .cpu_template = Some(template);
+                ApiResponse::NoContent
+            }
             ApiRequest::PutMetrics(metrics) => {
                 if let Some(current) = &self.fc_metrics {
                     // Firecracker initialises its metrics once.

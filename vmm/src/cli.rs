@@ -160,6 +160,10 @@ pub struct RunArgs {
     /// pages advised), `2M` (reserved hugetlbfs pages; the host needs enough free ones).
     #[arg(long, default_value = "none", value_name = "none|transparent|2M", value_parser = parse_huge_pages)]
     pub huge_pages: HugePages,
+    /// A custom CPU template (Firecracker's JSON format, as for `PUT /cpu-config`): CPUID and MSR
+    /// bits set, cleared or kept on every vCPU.
+    #[arg(long, value_name = "FILE", value_parser = parse_cpu_template)]
+    pub cpu_template: Option<ferry_api::CpuTemplate>,
     /// Serial console: `stdio` (stdin feeds the guest), `file=PATH` or `none`.
     /// Without this flag output goes to stdout and stdin is read only on a terminal.
     #[arg(long, value_name = "stdio|file=PATH|none", value_parser = parse_serial)]
@@ -243,6 +247,7 @@ impl RunArgs {
             exit_device_port: self.exit_device,
             drives: with_default_ids(self.disks.clone(), "disk", |d| &mut d.drive_id),
             nets: with_default_ids(self.nets.clone(), "net", |n| &mut n.iface_id),
+            cpu_template: self.cpu_template.clone(),
         };
         let options = BuildOptions {
             boot: match self.boot {
@@ -299,6 +304,11 @@ fn key_values(text: &str) -> Result<Vec<(&str, &str)>, String> {
                 .ok_or_else(|| format!("'{part}' in '{text}' is not key=value"))
         })
         .collect()
+}
+
+fn parse_cpu_template(path: &str) -> Result<ferry_api::CpuTemplate, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    ferry_api::cpu_template::parse_template_json(&text).map_err(|e| format!("{path}: {e}"))
 }
 
 fn parse_huge_pages(value: &str) -> Result<HugePages, String> {

@@ -342,7 +342,6 @@ const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
     ("vsock", "vsock devices"),
     ("mmds-config", "the microVM metadata service (MMDS)"),
     ("entropy", "the entropy device"),
-    ("cpu-config", "custom CPU templates"),
     ("memory-hotplug", "memory hotplug"),
     ("serial", "serial configuration"),
     ("pmem", "pmem devices"),
@@ -431,6 +430,12 @@ pub fn parse_config_file(text: &str) -> Result<ConfigFile, FcError> {
                     }
                     out.vm.nets.push(iface.to_config());
                 }
+            }
+            "cpu-config" => {
+                let ApiRequest::PutCpuConfig(template) = section(name, "/cpu-config", body)? else {
+                    return Err(bad("cpu-config: unexpected request".into()));
+                };
+                out.vm.cpu_template = Some(template);
             }
             "logger" => {
                 let ApiRequest::PutLogger(logger) = section(name, "/logger", body)? else {

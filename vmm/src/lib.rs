@@ -9,6 +9,7 @@ pub mod api_server;
 pub mod builder;
 pub mod cli;
 pub mod controller;
+pub mod cpu_template;
 pub mod error;
 pub mod event_loop;
 pub mod firecracker_cli;

@@ -1,4 +1,4 @@
-//! The tests that need no device: `boot`, `serial`, `info`, `halt` and `poweroff`.
+//! The tests that need no device: `boot`, `serial`, `info`, `cpuid`, `halt` and `poweroff`.
 
 use super::{fail_str, pass, tsc, user, Global, State};
 use ferry_probe::bootinfo::{BootError, BootProtocol};
@@ -42,6 +42,24 @@ pub fn info(st: &State) {
     l.str(" virtio_source=").str(st.virtio_source);
     l.str(" acpi_power_off=")
         .dec(u64::from(st.acpi_power_off.is_some()));
+    pass(&l);
+}
+
+/// `cpuid`: the CPU the VMM presents (CPUID 1 ECX/EDX, CPUID 7.0 EBX, IA32_MISC_ENABLE), for
+/// checking CPU templates.
+pub fn cpuid() {
+    let (_, _, ecx1, edx1) = super::io::cpuid(1);
+    let (_, ebx7, _, _) = super::io::cpuid(7);
+    let misc_enable = super::io::rdmsr(0x1a0);
+    let mut l = LineBuf::new();
+    l.str("leaf1_ecx=")
+        .hex_fixed(u64::from(ecx1), 8)
+        .str(" leaf1_edx=")
+        .hex_fixed(u64::from(edx1), 8)
+        .str(" leaf7_ebx=")
+        .hex_fixed(u64::from(ebx7), 8)
+        .str(" misc_enable=")
+        .hex_fixed(misc_enable, 16);
     pass(&l);
 }
 

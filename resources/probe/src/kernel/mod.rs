@@ -233,6 +233,7 @@ extern "C" fn probe_main(protocol: u32, info: u64) -> ! {
             b"blkchange" => blk_change::run(st),
             b"net" => net::run(st),
             b"info" => basic::info(st),
+            b"cpuid" => basic::cpuid(),
             b"halt" => basic::halt(),
             b"poweroff" => basic::power_off(st),
             b"keyboard" => buttons::keyboard(),
