@@ -280,9 +280,7 @@ async fn respond(
             // Read the refused body before answering: closing a Unix socket with unread bytes
             // resets it, and the client would see ECONNRESET instead of the answer.
             let mut body = request.into_body();
-            let drain = async {
-                while let Some(Ok(_)) = body.frame().await {}
-            };
+            let drain = async { while let Some(Ok(_)) = body.frame().await {} };
             let _ = tokio::time::timeout(options.body_timeout, drain).await;
         }
         return closing(oversize(&options, Some(size)));
