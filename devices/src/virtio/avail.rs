@@ -68,6 +68,14 @@ impl<'a> AvailReader<'a> {
         Ok(Some(u16::from_le(head)))
     }
 
+    /// Gives back the head the last `pop` returned, so the next pass pops it again. A device
+    /// whose rate limiter refuses a request leaves it in the ring this way: the saved queue state
+    /// (snapshots, migration) then never loses a request held back. Only after a successful
+    /// `pop` in the same pass.
+    pub fn unpop(&mut self) {
+        self.next_avail -= Wrapping(1);
+    }
+
     /// Writes the position back into the queue.
     pub fn finish(&self, queue: &mut Queue) {
         queue.set_next_avail(self.next_avail.0);
