@@ -144,6 +144,15 @@ pub struct NetConfig {
     pub tx_rate_limiter: Option<RateLimiter>,
 }
 
+/// The entropy device (`--entropy`, `PUT /entropy`): a virtio-rng fed from the host's
+/// `getrandom(2)`. At most one per VM, as on Firecracker.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntropyConfig {
+    /// Requests and bytes limit; `None`: unlimited (buckets of size 0 are never kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
 fn one() -> u16 {
     1
 }
@@ -173,6 +182,9 @@ pub struct VmConfig {
     /// A custom CPU template (`PUT /cpu-config`), applied to every vCPU.
     #[serde(default)]
     pub cpu_template: Option<crate::CpuTemplate>,
+    /// The entropy device, when configured (absent in older snapshots: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropyConfig>,
 }
 
 impl VmConfig {

@@ -165,6 +165,11 @@ fn handle(s: &mut State, request: ApiRequest) -> Result<ApiResponse, ApiResponse
             }
             ApiResponse::NoContent
         }
+        R::PutEntropy(entropy) => {
+            pre_boot(s, "adding an entropy device")?;
+            s.config.entropy = Some(entropy.to_config());
+            ApiResponse::NoContent
+        }
         R::Action(ActionType::InstanceStart) => {
             pre_boot(s, "InstanceStart")?;
             if s.config.boot.is_none() {

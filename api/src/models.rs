@@ -10,7 +10,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    BootSource, DriveConfig, HugePages, MachineConfig, NetBackendConfig, NetConfig, VmConfig,
+    BootSource, DriveConfig, EntropyConfig, HugePages, MachineConfig, NetBackendConfig, NetConfig,
+    VmConfig,
 };
 use crate::validate::{
     check_drive_path, check_id, check_ifname, check_path, check_text, parse_mac, MAX_BOOT_ARGS_LEN,
@@ -253,6 +254,35 @@ impl RateLimiter {
 
 fn check_limiter(field: &str, limiter: &Option<RateLimiter>) -> Result<(), String> {
     limiter.as_ref().map_or(Ok(()), |l| l.validate(field))
+}
+
+/// `PUT /entropy` (Firecracker's `EntropyDeviceConfig`): the virtio-rng device, with an optional
+/// rate limiter (bytes, and requests as ops).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyDevice {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+impl EntropyDevice {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        check_limiter("rate_limiter", &self.rate_limiter)
+    }
+
+    /// The configuration form (buckets of size 0 dropped, as for drives).
+    pub fn to_config(&self) -> EntropyConfig {
+        EntropyConfig {
+            rate_limiter: RateLimiter::normalized(self.rate_limiter.as_ref()),
+        }
+    }
+
+    /// The API form of a configured device (for `GET /vm/config`).
+    pub fn from_config(config: &EntropyConfig) -> Self {
+        Self {
+            rate_limiter: config.rate_limiter.clone(),
+        }
+    }
 }
 
 /// Block cache mode: `Unsafe` ignores guest flushes, `Writeback` honours them.
@@ -845,6 +875,8 @@ pub struct FullVmConfiguration {
     #[serde(rename = "network-interfaces", default)]
     pub network_interfaces: Vec<NetworkInterface>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropyDevice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<LoggerConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
@@ -863,6 +895,7 @@ impl FullVmConfiguration {
                 .iter()
                 .map(NetworkInterface::from_config)
                 .collect(),
+            entropy: config.entropy.as_ref().map(EntropyDevice::from_config),
             logger: None,
             metrics: None,
         }

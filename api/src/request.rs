@@ -9,9 +9,9 @@ use serde_json::Value;
 use crate::config::{BootSource, MachineConfig};
 use crate::migration::{MigrationReceive, MigrationSend};
 use crate::models::{
-    ActionBody, ActionType, Drive, DrivePatch, LoggerBody, LoggerConfig, MachineConfigBody,
-    MachineConfigUpdate, MetricsConfig, NetworkInterface, NetworkInterfacePatch, SnapshotCreate,
-    SnapshotLoad, SnapshotLoadBody, VmState, VmStateBody,
+    ActionBody, ActionType, Drive, DrivePatch, EntropyDevice, LoggerBody, LoggerConfig,
+    MachineConfigBody, MachineConfigUpdate, MetricsConfig, NetworkInterface, NetworkInterfacePatch,
+    SnapshotCreate, SnapshotLoad, SnapshotLoadBody, VmState, VmStateBody,
 };
 use crate::validate::check_id;
 
@@ -36,6 +36,8 @@ pub enum ApiRequest {
     PutNetworkInterface(NetworkInterface),
     /// `PATCH /network-interfaces/{id}` (post-boot): rate limiters.
     PatchNetworkInterface(NetworkInterfacePatch),
+    /// `PUT /entropy` (pre-boot): the entropy device; [`EntropyDevice::to_config`].
+    PutEntropy(EntropyDevice),
     /// `PUT /actions`.
     Action(ActionType),
     /// `PATCH /vm`: pause or resume.
@@ -131,7 +133,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("balloon", "the balloon device"),
     ("mmds", "the microVM metadata service (MMDS)"),
     ("vsock", "vsock devices"),
-    ("entropy", "the entropy device"),
     ("hotplug", "hotplug"),
     ("serial", "serial configuration over the API"),
 ];
@@ -262,6 +263,8 @@ pub(crate) fn route(method: &str, path: &str, body: &[u8]) -> Result<Routed, Req
         (["network-interfaces"] | ["network-interfaces", _], _) => {
             return Err(not_allowed("PUT, PATCH"))
         }
+        (["entropy"], "PUT") => R::PutEntropy(checked(body, EntropyDevice::validate)?),
+        (["entropy"], _) => return Err(not_allowed("PUT")),
         (["actions"], "PUT") => R::Action(json::<ActionBody>(body)?.action_type),
         (["actions"], _) => return Err(not_allowed("PUT")),
         (["vm"], "PATCH") => R::PatchVm(json::<VmStateBody>(body)?.state),

@@ -856,3 +856,34 @@ fn responses_have_firecracker_shapes() {
     .expect("json");
     assert_eq!(status["state"], "in-doubt");
 }
+
+#[test]
+fn entropy_device_body_and_validation() {
+    assert_eq!(
+        ok("PUT", "/entropy", "{}"),
+        ApiRequest::PutEntropy(EntropyDevice::default())
+    );
+    let ApiRequest::PutEntropy(device) = ok(
+        "PUT",
+        "/entropy",
+        r#"{"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100},
+                             "ops": {"size": 0, "refill_time": 10}}}"#,
+    ) else {
+        panic!("not PutEntropy");
+    };
+    // A bucket of size 0 means no limit of that kind; it is not kept.
+    let config = device.to_config();
+    let limiter = config.rate_limiter.expect("bandwidth kept");
+    assert_eq!(limiter.bandwidth.map(|b| b.size), Some(1000));
+    assert!(limiter.ops.is_none());
+    assert!(bad(
+        "PUT",
+        "/entropy",
+        r#"{"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 0}}}"#
+    )
+    .contains("refill_time"));
+    assert!(bad("PUT", "/entropy", r#"{"bogus": 1}"#).contains("unknown field"));
+    assert!(bad("PUT", "/entropy", "").contains("empty"));
+    assert_eq!(status("GET", "/entropy", ""), 405);
+    assert_eq!(status("PATCH", "/entropy", "{}"), 405);
+}

@@ -234,6 +234,11 @@ impl ApiService {
                 }
                 ApiResponse::NoContent
             }
+            ApiRequest::PutEntropy(entropy) => {
+                c.config_mut("adding an entropy device after boot")?.entropy =
+                    Some(entropy.to_config());
+                ApiResponse::NoContent
+            }
             ApiRequest::PatchNetworkInterface(patch) => {
                 c.patch_net_rate_limiters(&patch)?;
                 ApiResponse::NoContent

@@ -4,8 +4,8 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ferry_api::{
-    BootSource, DriveConfig, HugePages, MachineConfig, NetBackendConfig, NetConfig, SerialConfig,
-    SerialOutput, VmConfig,
+    BootSource, DriveConfig, EntropyConfig, HugePages, MachineConfig, NetBackendConfig, NetConfig,
+    SerialConfig, SerialOutput, VmConfig,
 };
 use ferry_arch::boot::BootPreference;
 use ferry_arch::cpuid::{feature_by_name, CpuFeature, HIDEABLE_FEATURES};
@@ -193,6 +193,11 @@ pub struct RunArgs {
     #[arg(long = "net", value_name = "macvtap=NAME|tap=NAME|fd=N[,mac=MAC][,id=ID][,mtu=N][,queues=N][,rx-bps=N][,tx-bps=N][,rx-pps=N][,tx-pps=N]",
           value_parser = parse_net)]
     pub nets: Vec<NetConfig>,
+    /// A virtio-rng entropy device fed from the host's getrandom(2), optionally rate limited:
+    /// `--entropy` alone, or `--entropy=bps=N,ops=N` (bytes and requests per second).
+    #[arg(long, value_name = "bps=N,ops=N,bps-burst=N,ops-burst=N", num_args = 0..=1,
+          require_equals = true, default_missing_value = "", value_parser = parse_entropy)]
+    pub entropy: Option<EntropyConfig>,
     /// With --restore: replace drive ID's host path (as `ferry receive --disk-map`).
     #[arg(long = "disk-map", value_name = "ID=PATH", value_parser = parse_disk_map,
           requires = "restore")]
@@ -248,6 +253,7 @@ impl RunArgs {
             drives: with_default_ids(self.disks.clone(), "disk", |d| &mut d.drive_id),
             nets: with_default_ids(self.nets.clone(), "net", |n| &mut n.iface_id),
             cpu_template: self.cpu_template.clone(),
+            entropy: self.entropy.clone(),
         };
         let options = BuildOptions {
             boot: match self.boot {
@@ -466,6 +472,24 @@ fn parse_net(text: &str) -> Result<NetConfig, String> {
     net.rx_rate_limiter = rx_limit.build("rx-", "pps")?;
     net.tx_rate_limiter = tx_limit.build("tx-", "pps")?;
     Ok(net)
+}
+
+/// `--entropy` options: none (an unlimited device), or rate limits in the `--disk` style with
+/// `ops` (requests) as the operations.
+fn parse_entropy(text: &str) -> Result<EntropyConfig, String> {
+    let mut limit = crate::rate_limit::CliLimit::default();
+    if !text.is_empty() {
+        for (key, value) in key_values(text)? {
+            if !limit.accept(key, value, "ops")? {
+                return Err(format!(
+                    "unknown entropy option '{key}' (known: bps, ops, bps-burst, ops-burst)"
+                ));
+            }
+        }
+    }
+    Ok(EntropyConfig {
+        rate_limiter: limit.build("", "ops")?,
+    })
 }
 
 fn check_mac(text: &str) -> Result<(), String> {
@@ -760,6 +784,34 @@ mod tests {
             "tap=t,tx-pps-burst=1",
         ] {
             assert!(parse_net(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn entropy_flag_alone_or_with_limits() {
+        let (config, _) = run_args(&["--kernel", "k"]).unwrap().to_config(false);
+        assert_eq!(config.entropy, None, "no device unless asked for");
+        let (config, _) = run_args(&["--kernel", "k", "--entropy"])
+            .unwrap()
+            .to_config(false);
+        assert_eq!(config.entropy, Some(EntropyConfig::default()));
+        let (config, _) = run_args(&["--kernel", "k", "--entropy=bps=64K,ops=100,ops-burst=5"])
+            .unwrap()
+            .to_config(false);
+        let limiter = config.entropy.unwrap().rate_limiter.unwrap();
+        assert_eq!(
+            limiter.bandwidth.map(|b| (b.size, b.refill_time)),
+            Some((64 << 10, 1000))
+        );
+        assert_eq!(
+            limiter
+                .ops
+                .map(|b| (b.size, b.refill_time, b.one_time_burst)),
+            Some((10, 100, Some(5)))
+        );
+        for bad in ["bps=0", "iops=5", "ops-burst=3", "junk"] {
+            let flag = format!("--entropy={bad}");
+            assert!(run_args(&["--kernel", "k", &flag]).is_err(), "{bad}");
         }
     }
 

@@ -341,7 +341,6 @@ const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
     ("balloon", "the balloon device"),
     ("vsock", "vsock devices"),
     ("mmds-config", "the microVM metadata service (MMDS)"),
-    ("entropy", "the entropy device"),
     ("memory-hotplug", "memory hotplug"),
     ("serial", "serial configuration"),
     ("pmem", "pmem devices"),
@@ -366,7 +365,7 @@ fn entry_id<'a>(entry: &'a serde_json::Value, field: &str) -> &'a str {
 }
 
 /// Reads Firecracker's JSON configuration (`boot-source`, `machine-config`, `drives`,
-/// `network-interfaces`, `logger`, `metrics`).
+/// `network-interfaces`, `entropy`, `logger`, `metrics`).
 pub fn parse_config_file(text: &str) -> Result<ConfigFile, FcError> {
     let bad = |msg: String| FcError::BadConfiguration(format!("config file: {msg}"));
     let value: serde_json::Value =
@@ -437,6 +436,12 @@ pub fn parse_config_file(text: &str) -> Result<ConfigFile, FcError> {
                 };
                 out.vm.cpu_template = Some(template);
             }
+            "entropy" => {
+                let ApiRequest::PutEntropy(entropy) = section(name, "/entropy", body)? else {
+                    return Err(bad("entropy: unexpected request".into()));
+                };
+                out.vm.entropy = Some(entropy.to_config());
+            }
             "logger" => {
                 let ApiRequest::PutLogger(logger) = section(name, "/logger", body)? else {
                     return Err(bad("logger: unexpected request".into()));
@@ -452,7 +457,7 @@ pub fn parse_config_file(text: &str) -> Result<ConfigFile, FcError> {
             other => {
                 return Err(bad(format!(
                     "unknown section '{other}' (known: boot-source, machine-config, drives, \
-                     network-interfaces, logger, metrics)"
+                     network-interfaces, cpu-config, entropy, logger, metrics)"
                 )))
             }
         }
@@ -790,6 +795,7 @@ mod tests {
                 {"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02",
                  "rx_rate_limiter": {}, "tx_rate_limiter": {}}
               ],
+              "entropy": {"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}},
               "logger": {"log_path": "/tmp/l", "level": "Debug"},
               "metrics": {"metrics_path": "/tmp/m"}
             }"#,
@@ -806,6 +812,11 @@ mod tests {
             file.metrics.as_ref().map(|m| m.metrics_path.as_str()),
             Some("/tmp/m")
         );
+        let entropy = file.vm.entropy.and_then(|e| e.rate_limiter).unwrap();
+        assert_eq!(entropy.bandwidth.map(|b| b.size), Some(1000));
+        // Without the section, no entropy device.
+        let file = parse_config_file(r#"{"boot-source": {"kernel_image_path": "/k"}}"#).unwrap();
+        assert_eq!(file.vm.entropy, None);
     }
 
     #[test]
@@ -825,6 +836,8 @@ mod tests {
         let e = err(r#"{"boot-source": {"kernel_image_path": "/k"},
                         "vsock": {"guest_cid": 3, "uds_path": "/v"}}"#);
         assert!(e.contains("vsock devices"), "{e}");
+        let e = err(r#"{"boot-source": {"kernel_image_path": "/k"}, "entropy": {"bogus": 1}}"#);
+        assert!(e.contains("entropy") && e.contains("unknown field"), "{e}");
         let e = err(r#"{"boot-source": {"kernel_image_path": "/k"}, "frobnicator": {}}"#);
         assert!(e.contains("unknown section"), "{e}");
         let e = err(r#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [

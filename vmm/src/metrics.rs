@@ -393,6 +393,18 @@ impl FirecrackerMetrics {
                     let object = self.counters(&key, &named);
                     out.insert(key, Value::Object(object));
                 }
+                // Firecracker's `entropy` object (one device at most, so no per-device key).
+                crate::virtio_devices::DeviceMetrics::Rng(m) => {
+                    let named = [
+                        ("entropy_event_count", get(&m.requests)),
+                        ("entropy_bytes", get(&m.bytes)),
+                        ("entropy_rate_limiter_throttled", get(&m.throttled)),
+                        ("host_rng_fails", get(&m.host_fails)),
+                        ("entropy_event_fails", get(&m.bad_buffers)),
+                    ];
+                    let object = self.counters("entropy", &named);
+                    out.insert("entropy".into(), Value::Object(object));
+                }
             }
         }
         let named: Vec<_> = BLOCK.into_iter().zip(block_total).collect();

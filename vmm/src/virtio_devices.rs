@@ -1,4 +1,4 @@
-//! Attaching virtio-mmio devices (block, net) to a VM: a window on the MMIO bus, an ioeventfd per
+//! Attaching virtio-mmio devices (block, net, entropy) to a VM: a window on the MMIO bus, an ioeventfd per
 //! queue (guest kicks never exit to userspace), an irqfd per device, and a `virtio_mmio.device=`
 //! command-line entry. Also the per-device operations the controller needs: save/restore,
 //! quiesce, resize, announce, metrics.
@@ -22,6 +22,7 @@ use ferry_devices::storage::open::{open_disk_with, DiskOptions};
 use ferry_devices::virtio::block::Block;
 use ferry_devices::virtio::mmio::{MmioTransport, MmioTransportState};
 use ferry_devices::virtio::net::Net;
+use ferry_devices::virtio::rng::Rng;
 use ferry_devices::virtio::VirtioDevice;
 
 use crate::error::VmmError;
@@ -38,12 +39,17 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Model {
     Block(Arc<Mutex<Block>>),
     Net(Arc<Mutex<Net>>),
+    Rng(Arc<Mutex<Rng>>),
 }
+
+/// The id the entropy device is saved under (Firecracker's device has none; there is at most one).
+pub const ENTROPY_ID: &str = "entropy";
 
 /// A device's counters, by id.
 pub enum DeviceMetrics {
     Block(String, Arc<ferry_devices::virtio::block::BlockMetrics>),
     Net(String, Arc<ferry_devices::virtio::net::NetMetrics>),
+    Rng(Arc<ferry_devices::virtio::rng::RngMetrics>),
 }
 
 /// One attached device.
@@ -75,14 +81,15 @@ pub struct VirtioDevices {
 }
 
 /// Creates every configured virtio device: drives first (the root device, if any, before the
-/// others, so the guest names it `vda` as on Firecracker), then network interfaces.
+/// others, so the guest names it `vda` as on Firecracker), then network interfaces, then the
+/// entropy device (last, so adding it never moves the others' windows and interrupts).
 pub fn attach_virtio_devices(
     config: &VmConfig,
     vm: &VmFd,
     memory: &GuestMemory,
     mmio: &mut Bus,
 ) -> Result<VirtioDevices, VmmError> {
-    let count = config.drives.len() + config.nets.len();
+    let count = config.drives.len() + config.nets.len() + usize::from(config.entropy.is_some());
     let slots = (VIRTIO_IRQ_LAST - VIRTIO_IRQ_FIRST + 1) as usize;
     if count > slots {
         return Err(VmmError::Config(format!(
@@ -105,6 +112,13 @@ pub fn attach_virtio_devices(
     for net in &config.nets {
         let device = open_net(net)?;
         devices.attach(vm, memory, mmio, &net.iface_id, Model::Net(device))?;
+    }
+    if let Some(entropy) = &config.entropy {
+        let device = Rng::new_shared().map_err(VmmError::io("entropy device".to_string()))?;
+        lock(&device).set_rate_limiter(&crate::rate_limit::device_config(
+            entropy.rate_limiter.as_ref(),
+        ));
+        devices.attach(vm, memory, mmio, ENTROPY_ID, Model::Rng(device))?;
     }
     Ok(devices)
 }
@@ -180,6 +194,7 @@ impl VirtioDevices {
         let device: Arc<Mutex<dyn VirtioDevice>> = match &model {
             Model::Block(b) => b.clone(),
             Model::Net(n) => n.clone(),
+            Model::Rng(r) => r.clone(),
         };
         let transport = MmioTransport::new(memory.clone(), device)
             .map_err(VmmError::io(format!("virtio transport for '{id}'")))?;
@@ -212,7 +227,7 @@ impl VirtioDevices {
             .iter()
             .filter_map(|d| match &d.model {
                 Model::Net(n) => Some((d.id.clone(), lock(n).mac().to_string())),
-                Model::Block(_) => None,
+                Model::Block(_) | Model::Rng(_) => None,
             })
             .collect()
     }
@@ -230,6 +245,7 @@ impl VirtioDevices {
                 match &d.model {
                     Model::Block(b) => b.clone(),
                     Model::Net(n) => n.clone(),
+                    Model::Rng(r) => r.clone(),
                 }
             })
             .collect()
@@ -258,6 +274,7 @@ impl VirtioDevices {
                 let model = match &d.model {
                     Model::Block(b) => serde_json::to_value(lock(b).save_state()),
                     Model::Net(n) => serde_json::to_value(lock(n).save_state()),
+                    Model::Rng(r) => serde_json::to_value(lock(r).save_state()),
                 }
                 .unwrap_or(serde_json::Value::Null);
                 VirtioDeviceSnapshot {
@@ -300,6 +317,13 @@ impl VirtioDevices {
                     let state = serde_json::from_value(saved.model.clone())
                         .map_err(|e| bad(e.to_string()))?;
                     lock(n)
+                        .restore_state(&state)
+                        .map_err(|e| bad(e.to_string()))?;
+                }
+                Model::Rng(r) => {
+                    let state = serde_json::from_value(saved.model.clone())
+                        .map_err(|e| bad(e.to_string()))?;
+                    lock(r)
                         .restore_state(&state)
                         .map_err(|e| bad(e.to_string()))?;
                 }
@@ -405,6 +429,7 @@ impl VirtioDevices {
             .map(|d| match &d.model {
                 Model::Block(b) => DeviceMetrics::Block(d.id.clone(), lock(b).metrics()),
                 Model::Net(n) => DeviceMetrics::Net(d.id.clone(), lock(n).metrics()),
+                Model::Rng(r) => DeviceMetrics::Rng(lock(r).metrics()),
             })
             .collect()
     }
@@ -448,6 +473,22 @@ impl VirtioDevices {
                             out,
                             "ferry_net_{name}_total{{iface=\"{}\"}} {}",
                             d.id,
+                            value.load(Ordering::Relaxed)
+                        );
+                    }
+                }
+                Model::Rng(r) => {
+                    let m = lock(r).metrics();
+                    for (name, value) in [
+                        ("requests", &m.requests),
+                        ("bytes", &m.bytes),
+                        ("throttled", &m.throttled),
+                        ("host_fails", &m.host_fails),
+                        ("bad_buffers", &m.bad_buffers),
+                    ] {
+                        let _ = writeln!(
+                            out,
+                            "ferry_entropy_{name}_total {}",
                             value.load(Ordering::Relaxed)
                         );
                     }
