@@ -187,6 +187,11 @@ pub struct ProbeConfig {
     pub blk_changes: u64,
     /// `probe.blk_change_s=S` (default 120, at least 1): longest wait for one config change.
     pub blk_change_s: u64,
+    /// `probe.rng_kib=K` (default 64, 16..=256): bytes the rng test reads per round, KiB.
+    pub rng_kib: u64,
+    /// `probe.rng_rounds=N` (default 1; 0 = until the VM ends): rounds of the rng test, each
+    /// after the first reported as `probe: rng: round R ok`.
+    pub rng_rounds: u64,
     /// `probe.net_ip=A.B.C.D/NN`.
     pub net_ip: Option<([u8; 4], u8)>,
     /// `probe.net_peer=E.F.G.H`.
@@ -222,6 +227,8 @@ impl Default for ProbeConfig {
             blk_rounds: 1,
             blk_changes: 1,
             blk_change_s: 120,
+            rng_kib: 64,
+            rng_rounds: 1,
             net_ip: None,
             net_peer: None,
             net_count: 5,
@@ -272,6 +279,11 @@ impl ProbeConfig {
                     .filter(|&v| v > 0)
                     .map(|v| cfg.blk_change_s = v)
                     .is_some(),
+                b"rng_kib" => parse_u64(value)
+                    .filter(|k| (16..=256).contains(k))
+                    .map(|k| cfg.rng_kib = k)
+                    .is_some(),
+                b"rng_rounds" => parse_u64(value).map(|v| cfg.rng_rounds = v).is_some(),
                 b"net_ip" => set(&mut cfg.net_ip, parse_ipv4_cidr(value)),
                 b"net_peer" => set(&mut cfg.net_peer, parse_ipv4(value)),
                 b"net_count" => parse_u64(value)
@@ -454,6 +466,17 @@ mod tests {
         // Zero would make the test pass without watching anything: refused, defaults kept.
         let cfg = ProbeConfig::parse(&Cmdline::new(b"probe.blk_changes=0 probe.blk_change_s=0"));
         assert_eq!((cfg.blk_changes, cfg.blk_change_s, cfg.errors), (1, 120, 2));
+    }
+
+    #[test]
+    fn rng_keys() {
+        let cfg = ProbeConfig::parse(&Cmdline::new(b"probe.test=rng"));
+        assert_eq!((cfg.rng_kib, cfg.rng_rounds), (64, 1));
+        let cfg = ProbeConfig::parse(&Cmdline::new(b"probe.rng_kib=256 probe.rng_rounds=0"));
+        assert_eq!((cfg.rng_kib, cfg.rng_rounds, cfg.errors), (256, 0, 0));
+        // Too little to judge the bytes, or more than the buffer: refused, default kept.
+        let cfg = ProbeConfig::parse(&Cmdline::new(b"probe.rng_kib=8 probe.rng_kib=512"));
+        assert_eq!((cfg.rng_kib, cfg.errors), (64, 2));
     }
 
     #[test]

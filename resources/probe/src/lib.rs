@@ -4,7 +4,7 @@
 //! and Firecracker boot to exercise their devices; it reports over the serial port. Everything
 //! that does not touch hardware lives here, is `no_std`, and is unit-tested on the host:
 //! command-line parsing, boot-information parsing (PVH `hvm_start_info`, Linux `boot_params`),
-//! MP-table and ACPI MADT parsing, CRC-32, the block test pattern, packet building/parsing,
+//! MP-table and ACPI MADT parsing, CRC-32, the block test pattern, entropy checks, packet building/parsing,
 //! virtqueue layout math and report-line formatting.
 //!
 //! The constants below are the probe's guest-physical contract with host-side tests.
@@ -13,6 +13,7 @@
 pub mod bootinfo;
 pub mod cmdline;
 pub mod crc32;
+pub mod entropy;
 pub mod fmt;
 pub mod net;
 pub mod pattern;

@@ -8,6 +8,7 @@ mod buttons;
 mod dirty;
 mod io;
 mod net;
+mod rng;
 mod serial;
 mod smp;
 mod tsc;
@@ -232,6 +233,7 @@ extern "C" fn probe_main(protocol: u32, info: u64) -> ! {
             b"blk" => blk::run(st),
             b"blkchange" => blk_change::run(st),
             b"net" => net::run(st),
+            b"rng" => rng::run(st),
             b"info" => basic::info(st),
             b"cpuid" => basic::cpuid(),
             b"halt" => basic::halt(),
