@@ -107,8 +107,9 @@ log "L2 kernel (resources/linux/build-kernel.sh; ~6 minutes the first time)"
 l2_kernel="$("$repo/resources/linux/build-kernel.sh")"
 
 # --- L2 initramfs: busybox + the lab's guest /init + the stock virtio modules ----------------
-# (and the ACPI power button driver with evdev, which the power-button scenario reads)
-l2_mods="$(module_closure virtio_mmio virtio_blk virtio_net button evdev)"
+# (and the ACPI power button driver with evdev, which the power-button scenario reads, and
+# virtio_rng for the entropy scenario)
+l2_mods="$(module_closure virtio_mmio virtio_blk virtio_net virtio_rng button evdev)"
 # util-linux's blkdiscard (busybox's has no -z) for write-zeroes, with the libraries it needs.
 l2_blkdiscard=/usr/sbin/blkdiscard
 [ -x "$l2_blkdiscard" ] || die "$l2_blkdiscard missing (Debian package util-linux)"

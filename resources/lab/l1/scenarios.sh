@@ -710,6 +710,31 @@ sc_stock_ctrl_alt_del() {
     fi
 }
 
+sc_stock_entropy() {
+    bg l2 300 ferry run $STOCK --entropy --api-socket "$W/api.sock" --cmdline "lab.test=rng $L2X"
+    if ! waitfor "$W/l2.out" 'lab-l2: rng-done' 250 "$pid"; then
+        wait "$pid"
+        fail "guest never finished reading /dev/hwrng: $(l2why "$W/l2.out" $?)"
+        return
+    fi
+    ferry ctl --api-socket "$W/api.sock" metrics >"$W/metrics" 2>&1
+    served=$(sed -n 's/^ferry_entropy_bytes_total \([0-9]*\)$/\1/p' "$W/metrics")
+    ferry ctl --api-socket "$W/api.sock" shutdown >"$W/ctl.out" 2>&1
+    wait "$pid"
+    rc=$?
+    cur=$(ev "$W/l2.out" rng_current)
+    bytes=$(ev "$W/l2.out" bytes)
+    distinct=$(ev "$W/l2.out" distinct)
+    differ=$(ev "$W/l2.out" first-last-differ)
+    # The guest's own hwrng thread may read too: ferry served at least what /dev/hwrng gave.
+    if [ "$rc" = 0 ] && [ "${cur#virtio_rng}" != "$cur" ] && [ "$bytes" = 1048576 ] &&
+        [ "${distinct:-0}" -ge 250 ] && [ "$differ" = yes ] && [ "${served:-0}" -ge 1048576 ]; then
+        pass "virtio_rng bound from the DSDT: rng_current=$cur, /dev/hwrng gave 1 MiB (distinct=$distinct in 64 KiB, first/last 4 KiB differ), ferry_entropy_bytes_total=$served, ferry-exit=0"
+    else
+        fail "rng_current=${cur:-?} bytes=${bytes:-?} distinct=${distinct:-?} differ=${differ:-?} served=${served:-?} $(grep -m1 'lab-l2: hwrng' "$W/l2.out" | tr -d '\r' | cut -c1-100) $(l2why "$W/l2.out" "$rc")"
+    fi
+}
+
 sc_stock_migrate() { GUEST=$STOCK END=lab.end=poweroff mig_test "unix:$W/mig.sock"; }
 sc_stock_snapshot() { GUEST=$STOCK END=lab.end=poweroff sc_snapshot; }
 
