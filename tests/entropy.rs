@@ -1,7 +1,8 @@
 //! The entropy device with the real ferry binary and the probe guest's `rng` test: through
 //! `--entropy` (announced in the DSDT, or on the command line with `--acpi off`), through the API
 //! (`PUT /entropy`, then InstanceStart; refused after boot), with a rate limit (the limiter's
-//! throttle counter rises while every byte still arrives), and across a snapshot and restore.
+//! throttle counter rises while every byte still arrives), and across a snapshot and restore
+//! and a live migration (the limiter's configuration and tokens go along).
 //!
 //! No assertion on elapsed time: counters and the guest's own checks only. Throughput and the
 //! delivered rate are measured by `devices/benches/entropy.rs`.
@@ -244,5 +245,59 @@ fn snapshot_and_restore_keep_the_device_serving() {
     assert_eq!(
         vm_config(&socket2)["entropy"]["rate_limiter"]["ops"]["size"],
         5
+    );
+}
+
+#[test]
+fn live_migration_carries_the_device_and_its_limiter() {
+    const ROUND_OK: &str = " ok\n";
+    let dir = TempDir::new("entropy-mig");
+    let listen = format!("unix:{}", dir.path().join("migration.sock").display());
+    let cmdline = "probe.test=rng probe.rng_kib=16 probe.rng_rounds=0";
+    let (mut source, source_socket) =
+        spawn_probe(dir.path(), "source", cmdline, &["--entropy=bps=1M"]);
+    source.wait_for_occurrences(ROUND_OK, 2, DEADLINE);
+    wait_for_socket(&source_socket, DEADLINE);
+    let dest_socket = dir.path().join("dest.sock");
+    let mut dest = FerryProcess::spawn(
+        dir.path(),
+        "dest",
+        &[
+            "receive",
+            "--listen",
+            &listen,
+            "--api-socket",
+            dest_socket.to_str().unwrap(),
+        ],
+    );
+    // A migration started before the destination listens fails cleanly; retry until it took.
+    let mut out = ctl(&source_socket, &["migrate", "--to", &listen], DEADLINE);
+    for _ in 0..100 {
+        if out.code() == Some(0) || !source.is_running() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        out = ctl(&source_socket, &["migrate", "--to", &listen], DEADLINE);
+    }
+    assert_eq!(out.code(), Some(0), "migrate: {}{}", out.stdout, out.stderr);
+    assert_eq!(
+        source.wait_exit(DEADLINE).code(),
+        Some(0),
+        "{}",
+        source.stderr()
+    );
+    wait_for_socket(&dest_socket, DEADLINE);
+    // The guest goes on reading and checking whole rounds on the destination.
+    dest.wait_for_occurrences(ROUND_OK, 2, DEADLINE);
+    assert!(
+        !dest.stdout().contains("FAIL"),
+        "{}\n{}",
+        dest.stdout(),
+        dest.stderr()
+    );
+    assert!(metric(&dest_socket, "ferry_entropy_bytes_total") >= 2 * 16384);
+    assert_eq!(
+        vm_config(&dest_socket)["entropy"]["rate_limiter"]["bandwidth"]["size"],
+        1 << 20
     );
 }
