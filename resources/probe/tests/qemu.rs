@@ -169,3 +169,19 @@ fn net_pings_slirp_gateway() {
     );
     assert_eq!(code, 0, "{text}");
 }
+
+#[test]
+fn rng_reads_qemus_virtio_rng() {
+    // A second implementation of the device, so the probe's rng test is not only checked
+    // against ferry's.
+    if !available() {
+        return;
+    }
+    let (text, code) = qemu(
+        "microvm,acpi=off",
+        &["-device", "virtio-rng-device"],
+        "probe.test=rng",
+    );
+    assert!(text.contains("probe: rng: PASS bytes=65536 "), "{text}");
+    assert_eq!(code, 0, "{text}");
+}
