@@ -102,6 +102,24 @@ run_scenario() {
     fi
     for p in $(cat "$W/pids"); do kill -KILL "$p" 2>/dev/null; done
     if [ -f "$W/result" ]; then res=$(cat "$W/result"); else res="FAIL the scenario script gave no verdict"; fi
+    # An L2 that triple-faulted without asking to reset (ferry logs its registers then; seen a
+    # few times in 50 nested boots, cause not yet known, possibly TCG's SVM emulation) gets one
+    # rerun; the first attempt's registers stay in the evidence, and a second failure counts.
+    tf=$(cat "$W"/*.err 2>/dev/null | tr -d '\r' | grep -m1 -E 'ERROR.*vCPU [0-9]+: rip=' | sed 's/.*vCPU/vCPU/' | cut -c1-300)
+    case "$res" in
+    FAIL*)
+        if [ -n "$tf" ]; then
+            echo "lab-l1: triple-fault $s $tf"
+            rm -rf "$W"
+            mkdir -p "$W"
+            : >"$W/pids"
+            (cd "$W" && "$fn") >"$W/script.log" 2>&1
+            for p in $(cat "$W/pids"); do kill -KILL "$p" 2>/dev/null; done
+            if [ -f "$W/result" ]; then res=$(cat "$W/result"); else res="FAIL the scenario script gave no verdict"; fi
+            res="$res (rerun: the first attempt's guest triple-faulted unasked: $tf)"
+        fi
+        ;;
+    esac
     echo "lab-l1: result $s $res"
     case "$res" in
     PASS*) ;;

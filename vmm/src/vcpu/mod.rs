@@ -149,7 +149,9 @@ impl Vcpu {
                     if let Some(outcome) = handle_exit(self.index, exit, &ctx) {
                         match outcome {
                             Outcome::Exit { code, dump } => {
-                                if dump {
+                                // After a reset the guest asked for (i8042, ACPI), Linux may still
+                                // triple-fault on its way down: only an unasked-for end is news.
+                                if dump && ctx.exit.get().is_none() {
                                     log::error!("vCPU {}: {}", self.index, register_dump(&self.fd));
                                 }
                                 ctx.exit.request(code);
@@ -305,8 +307,13 @@ fn handle_exit(index: u8, exit: VcpuExit<'_>, ctx: &VcpuContext) -> Option<Outco
         }
         VcpuExit::Shutdown => {
             m.other.inc();
-            log::info!("vCPU {index}: guest shutdown (triple fault or reset)");
-            STOP
+            // A triple fault is a reset as far as the guest's hardware goes (status 0, as a
+            // reset), but one that nobody asked for: the registers say where it happened.
+            log::warn!("vCPU {index}: guest shutdown (triple fault or reset)");
+            Some(Outcome::Exit {
+                code: 0,
+                dump: true,
+            })
         }
         VcpuExit::SystemEvent(kind, _) => {
             m.other.inc();
@@ -346,7 +353,8 @@ pub fn register_dump(fd: &VcpuFd) -> String {
     match (fd.get_regs(), fd.get_sregs()) {
         (Ok(r), Ok(s)) => format!(
             "rip={:#018x} rsp={:#018x} rflags={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} \
-             rsi={:#x} rdi={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}(l={} db={})",
+             rsi={:#x} rdi={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} \
+             cs={:#x}(l={} db={}) idt={:#x}/{:#x} gdt={:#x}/{:#x}",
             r.rip,
             r.rsp,
             r.rflags,
@@ -357,12 +365,17 @@ pub fn register_dump(fd: &VcpuFd) -> String {
             r.rsi,
             r.rdi,
             s.cr0,
+            s.cr2,
             s.cr3,
             s.cr4,
             s.efer,
             s.cs.selector,
             s.cs.l,
-            s.cs.db
+            s.cs.db,
+            s.idt.base,
+            s.idt.limit,
+            s.gdt.base,
+            s.gdt.limit
         ),
         (Err(e), _) | (_, Err(e)) => format!("<registers unavailable: {e}>"),
     }
