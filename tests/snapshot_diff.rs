@@ -68,22 +68,22 @@ fn start(dir: &Path, name: &str) -> (FerryProcess, PathBuf) {
     (vm, socket)
 }
 
-#[test]
-fn a_base_and_a_chain_of_diffs_restore_the_exact_memory() {
-    let dir = TempDir::new("snap-diff");
-    let (mut vm, socket) = start(dir.path(), "vm");
-    let probe = probe_bin();
+/// Configures and boots the probe's dirty loop over `mib` MiB at `rate` MiB/s through the API
+/// (with or without dirty page tracking) and pauses it once it runs.
+fn start_paused_dirtier(dir: &Path, mib: u32, rate: u32, track: bool) -> (FerryProcess, PathBuf) {
+    let (mut vm, socket) = start(dir, "vm");
+    let boot_args = format!("probe.test=dirty probe.dirty_mib={mib} probe.dirty_rate_mib={rate}");
     ok(
         &socket,
         "PUT",
         "/boot-source",
-        json!({"kernel_image_path": probe, "boot_args": "probe.test=dirty probe.dirty_mib=2 probe.dirty_rate_mib=4"}),
+        json!({"kernel_image_path": probe_bin(), "boot_args": boot_args}),
     );
     ok(
         &socket,
         "PUT",
         "/machine-config",
-        json!({"vcpu_count": 1, "mem_size_mib": MEM_MIB, "track_dirty_pages": true}),
+        json!({"vcpu_count": 1, "mem_size_mib": MEM_MIB, "track_dirty_pages": track}),
     );
     ok(
         &socket,
@@ -93,6 +93,13 @@ fn a_base_and_a_chain_of_diffs_restore_the_exact_memory() {
     );
     vm.wait_for_output("probe: dirty: running", DEADLINE);
     set_state(&socket, "Paused");
+    (vm, socket)
+}
+
+#[test]
+fn a_base_and_a_chain_of_diffs_restore_the_exact_memory() {
+    let dir = TempDir::new("snap-diff");
+    let (mut vm, socket) = start_paused_dirtier(dir.path(), 2, 4, true);
 
     // A diff needs a base.
     let text = fault(
@@ -196,28 +203,7 @@ fn a_base_and_a_chain_of_diffs_restore_the_exact_memory() {
 #[test]
 fn diff_snapshots_need_dirty_tracking_and_a_missing_diff_is_refused() {
     let dir = TempDir::new("snap-diff-refused");
-    let (mut vm, socket) = start(dir.path(), "vm");
-    let probe = probe_bin();
-    ok(
-        &socket,
-        "PUT",
-        "/boot-source",
-        json!({"kernel_image_path": probe, "boot_args": "probe.test=dirty probe.dirty_mib=1 probe.dirty_rate_mib=1"}),
-    );
-    ok(
-        &socket,
-        "PUT",
-        "/machine-config",
-        json!({"vcpu_count": 1, "mem_size_mib": MEM_MIB}),
-    );
-    ok(
-        &socket,
-        "PUT",
-        "/actions",
-        json!({"action_type": "InstanceStart"}),
-    );
-    vm.wait_for_output("probe: dirty: running", DEADLINE);
-    set_state(&socket, "Paused");
+    let (mut vm, socket) = start_paused_dirtier(dir.path(), 1, 1, false);
     let text = fault(
         &socket,
         "PUT",

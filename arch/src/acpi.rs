@@ -173,9 +173,6 @@ fn madt(cpus: u8) -> MADT {
 /// with its event device, and the S5 sleep state.
 fn dsdt(devices: &[MmioDevice]) -> Result<Vec<u8>, AcpiError> {
     let mut body = Vec::new();
-    let com1 = Com1Aml;
-    let keyboard = KeyboardAml;
-    let power_button = PowerButtonAml;
     let ged = GedAml;
     let mut virtio = Vec::with_capacity(devices.len());
     for (index, dev) in devices.iter().enumerate() {
@@ -189,9 +186,9 @@ fn dsdt(devices: &[MmioDevice]) -> Result<Vec<u8>, AcpiError> {
             irq: aml::Interrupt::new(true, true, false, false, dev.irq),
         });
     }
-    let mut children: Vec<&dyn Aml> = vec![&com1, &keyboard];
+    let mut children: Vec<&dyn Aml> = vec![&COM1, &KEYBOARD];
     children.extend(virtio.iter().map(|v| v as &dyn Aml));
-    children.push(&power_button);
+    children.push(&POWER_BUTTON);
     children.push(&ged);
     aml::Scope::new("_SB_".into(), children).to_aml_bytes(&mut body);
 
@@ -204,67 +201,64 @@ fn dsdt(devices: &[MmioDevice]) -> Result<Vec<u8>, AcpiError> {
     Ok(table.as_slice().to_vec())
 }
 
-/// The 16550 UART at COM1 (`PNP0501`), so an ACPI guest binds its serial driver from the table.
-struct Com1Aml;
-
-impl Aml for Com1Aml {
-    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
-        aml::Device::new(
-            "COM1".into(),
-            vec![
-                &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501")),
-                &aml::Name::new("_UID".into(), &aml::ZERO),
-                &aml::Name::new(
-                    "_CRS".into(),
-                    &aml::ResourceTemplate::new(vec![
-                        &aml::IO::new(0x3f8, 0x3f8, 1, 8),
-                        &aml::Interrupt::new(true, true, false, false, SERIAL_IRQ),
-                    ]),
-                ),
-            ],
-        )
-        .to_aml_bytes(sink);
-    }
+/// A legacy device the guest binds by its EISA id (`_HID`), with its fixed I/O ports (base,
+/// length) and interrupt in `_CRS`; no `_CRS` when it has neither.
+struct PnpDeviceAml {
+    name: &'static str,
+    eisa_id: &'static str,
+    ports: &'static [(u16, u8)],
+    irq: Option<u32>,
 }
+
+/// The 16550 UART at COM1 (`PNP0501`), so an ACPI guest binds its serial driver from the table.
+const COM1: PnpDeviceAml = PnpDeviceAml {
+    name: "COM1",
+    eisa_id: "PNP0501",
+    ports: &[(0x3f8, 8)],
+    irq: Some(SERIAL_IRQ),
+};
 
 /// The i8042 with its keyboard (`PNP0303`: data 0x60, command/status 0x64, IRQ 1). With no
 /// `PNP0F13` beside it, Linux knows there is no PS/2 mouse port and does not probe one.
-struct KeyboardAml;
-
-impl Aml for KeyboardAml {
-    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
-        aml::Device::new(
-            "PS2K".into(),
-            vec![
-                &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0303")),
-                &aml::Name::new("_UID".into(), &aml::ZERO),
-                &aml::Name::new(
-                    "_CRS".into(),
-                    &aml::ResourceTemplate::new(vec![
-                        &aml::IO::new(0x60, 0x60, 1, 1),
-                        &aml::IO::new(0x64, 0x64, 1, 1),
-                        &aml::Interrupt::new(true, true, false, false, 1),
-                    ]),
-                ),
-            ],
-        )
-        .to_aml_bytes(sink);
-    }
-}
+const KEYBOARD: PnpDeviceAml = PnpDeviceAml {
+    name: "PS2K",
+    eisa_id: "PNP0303",
+    ports: &[(0x60, 1), (0x64, 1)],
+    irq: Some(1),
+};
 
 /// The power button, a control-method device the GED notifies.
-struct PowerButtonAml;
+const POWER_BUTTON: PnpDeviceAml = PnpDeviceAml {
+    name: "PWRB",
+    eisa_id: "PNP0C0C",
+    ports: &[],
+    irq: None,
+};
 
-impl Aml for PowerButtonAml {
+impl Aml for PnpDeviceAml {
     fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
-        aml::Device::new(
-            "PWRB".into(),
-            vec![
-                &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C")),
-                &aml::Name::new("_UID".into(), &aml::ZERO),
-            ],
-        )
-        .to_aml_bytes(sink);
+        let hid = aml::EISAName::new(self.eisa_id);
+        let ports: Vec<aml::IO> = self
+            .ports
+            .iter()
+            .map(|&(base, len)| aml::IO::new(base, base, 1, len))
+            .collect();
+        let irq = self
+            .irq
+            .map(|n| aml::Interrupt::new(true, true, false, false, n));
+        let mut resources: Vec<&dyn Aml> = ports.iter().map(|p| p as &dyn Aml).collect();
+        if let Some(irq) = &irq {
+            resources.push(irq);
+        }
+        let crs = aml::ResourceTemplate::new(resources);
+        let hid_name = aml::Name::new("_HID".into(), &hid);
+        let uid_name = aml::Name::new("_UID".into(), &aml::ZERO);
+        let crs_name = aml::Name::new("_CRS".into(), &crs);
+        let mut children: Vec<&dyn Aml> = vec![&hid_name, &uid_name];
+        if !self.ports.is_empty() || self.irq.is_some() {
+            children.push(&crs_name);
+        }
+        aml::Device::new(self.name.into(), children).to_aml_bytes(sink);
     }
 }
 

@@ -173,9 +173,7 @@ fn build_rest(
     // Legacy devices.
     let exit = ExitCode::new().map_err(VmmError::io("creating the exit eventfd"))?;
     let mut pio = Bus::new();
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::io("serial eventfd"))?;
-    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
-        .map_err(|e| VmmError::Kvm("KVM_IRQFD (serial)", e))?;
+    let serial_irq = irqfd(vm, SERIAL_IRQ, "serial")?;
     let serial = Arc::new(Mutex::new(Serial::new(serial_irq, serial_output)));
     pio.insert(
         serial.clone(),
