@@ -101,6 +101,14 @@ if [ -z "$ferry" ]; then
 fi
 [ -x "$ferry" ] || die "ferry binary $ferry missing"
 
+# --- the vsock tool (L2's AF_VSOCK echo server/client, L1's side of ferry's vsock socket) -------
+log "building resources/lab/vsock-tool (static)"
+(cd "$here/vsock-tool" && RUSTFLAGS="-C target-feature=+crt-static" \
+    CARGO_TARGET_DIR="$repo/target/lab-vsock-tool" \
+    cargo build --release -q --target x86_64-unknown-linux-gnu >&2)
+vsock_tool="$repo/target/lab-vsock-tool/x86_64-unknown-linux-gnu/release/vsock-tool"
+[ -x "$vsock_tool" ] || die "$vsock_tool missing"
+
 # --- L2: the project's minimal kernel --------------------------------------------------------
 export FERRY_LINUX_CACHE="${FERRY_LINUX_CACHE:-$cache/linux}"
 log "L2 kernel (resources/linux/build-kernel.sh; ~6 minutes the first time)"
@@ -108,13 +116,15 @@ l2_kernel="$("$repo/resources/linux/build-kernel.sh")"
 
 # --- L2 initramfs: busybox + the lab's guest /init + the stock virtio modules ----------------
 # (and the ACPI power button driver with evdev, which the power-button scenario reads, and
-# virtio_rng for the entropy scenario)
-l2_mods="$(module_closure virtio_mmio virtio_blk virtio_net virtio_rng button evdev)"
+# virtio_rng for the entropy scenario, the vsock transport and the balloon for theirs)
+l2_mods="$(module_closure virtio_mmio virtio_blk virtio_net virtio_rng button evdev \
+    vmw_vsock_virtio_transport virtio_balloon)"
 # util-linux's blkdiscard (busybox's has no -z) for write-zeroes, with the libraries it needs.
 l2_blkdiscard=/usr/sbin/blkdiscard
 [ -x "$l2_blkdiscard" ] || die "$l2_blkdiscard missing (Debian package util-linux)"
 l2_key="$( {
     sha256sum <"$busybox"; sha256sum <"$here/l2/init"; sha256sum <"$l2_blkdiscard"; echo "$kver $l2_mods"
+    sha256sum <"$vsock_tool"
     sed -n '/^# --- L2 initramfs/,/^# --- end L2/p' "${BASH_SOURCE[0]}"
 } | sha256sum | cut -c1-16)"
 l2_dir="$cache/l2-$l2_key"
@@ -129,6 +139,8 @@ if [ ! -f "$l2_dir/initramfs.cpio.gz" ]; then
     done
     cp "$here/l2/init" "$stage/init"
     chmod 0755 "$stage/init"
+    cp "$vsock_tool" "$stage/bin/vsock-tool"
+    strip -s "$stage/bin/vsock-tool"
     mkdir -p "$stage/usr/sbin"
     cp -L "$l2_blkdiscard" "$stage/usr/sbin/blkdiscard"
     for lib in $(ldd "$l2_blkdiscard" | awk '/=> \// { print $3 } /^[ \t]*\/lib/ { print $1 }'); do
@@ -163,7 +175,7 @@ for b in "${l1_bins[@]}"; do [ -x "$b" ] || die "$b missing on the host"; done
 qemu_fw=(qboot.rom bios-microvm.bin linuxboot.bin linuxboot_dma.bin pvh.bin kvmvapic.bin
     multiboot.bin multiboot_dma.bin bios-256k.bin)
 l1_key="$( {
-    sha256sum <"$busybox"; sha256sum <"$ferry"; sha256sum <"$vmlinuz"
+    sha256sum <"$busybox"; sha256sum <"$ferry"; sha256sum <"$vmlinuz"; sha256sum <"$vsock_tool"
     sha256sum <"$l2_kernel"; sha256sum <"$l2_dir/initramfs.cpio.gz"; sha256sum <"$l2_dir/rootfs.ext4"
     cat "$here"/l1/* ; echo "$l1_mods"
     for b in "${l1_bins[@]}"; do sha256sum <"$b"; done
@@ -193,6 +205,8 @@ if [ ! -f "$out/l1.cpio.gz" ]; then
     }
     copy_elf "$ferry" /usr/bin/ferry
     strip -s "$stage/usr/bin/ferry"
+    cp "$vsock_tool" "$stage/usr/bin/vsock-tool"
+    strip -s "$stage/usr/bin/vsock-tool"
     for b in "${l1_bins[@]}"; do copy_elf "$b" "/usr/sbin/$(basename "$b")"; done
     for l in pvcreate vgcreate lvcreate lvextend lvs vgs pvs vgchange lvremove vgremove; do
         ln -sf lvm "$stage/usr/sbin/$l"

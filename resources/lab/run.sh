@@ -24,7 +24,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 all_scenarios=(boot-1cpu boot-2cpu boot-noapic serial reboot poweroff blk-read blk-write blk-ro
     blk-discard net-tap net-macvtap lvm iscsi migrate-unix migrate-tcp migrate-net snapshot
     api-getting-started stock-kernel stock-4cpu stock-poweroff stock-power-button stock-ctrl-alt-del
-    stock-migrate stock-snapshot stock-entropy boot-time)
+    stock-migrate stock-snapshot stock-entropy stock-vsock stock-balloon boot-time)
 silence="${LAB_SILENCE_S:-90}"
 retries="${LAB_L1_RETRIES:-1}"
 l2extra="${LAB_L2_EXTRA:-}"

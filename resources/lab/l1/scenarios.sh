@@ -753,6 +753,95 @@ sc_stock_entropy() {
     fi
 }
 
+# child_of PID: the first process whose parent is PID (ferry under `timeout`).
+child_of() {
+    for st in /proc/[0-9]*/stat; do
+        read -r cpid _ _ ppid _ <"$st" 2>/dev/null || continue
+        [ "$ppid" = "$1" ] && { echo "$cpid"; return; }
+    done
+}
+# rss_kib PID: resident memory of PID in KiB.
+rss_kib() { sed -n 's/^VmRSS: *\([0-9]*\).*/\1/p' "/proc/$1/status"; }
+api_call() { # api_call METHOD SOCK PATH [JSON] -> prints the HTTP status, body in $W/api-body
+    curl -sS -o "$W/api-body" -w '%{http_code}' --unix-socket "$2" -X "$1" "http://localhost$3" \
+        -H 'Accept: application/json' -H 'Content-Type: application/json' ${4:+-d "$4"}
+}
+
+# --- vsock through Linux's transport: Firecracker's host side, both directions ------------------
+sc_stock_vsock() {
+    # Guest-initiated connections to port 6000 reach L1's <uds_path>_6000.
+    bg host-listen 600 vsock-tool uds-listen "$W/v.sock_6000"
+    bg l2 600 ferry run $STOCK --vsock "cid=3,uds=$W/v.sock" --api-socket "$W/api.sock" \
+        --cmdline "lab.test=vsock $L2X"
+    l2pid=$pid
+    if ! waitfor "$W/l2.out" 'lab-l2: vsock-listen listen=ok' 250 "$l2pid"; then
+        wait "$l2pid"
+        fail "the guest never listened on vsock port 5000: $(grep -m1 'lab-l2: vsock-listen' "$W/l2.out" | tr -d '\r') $(l2why "$W/l2.out" $?)"
+        return
+    fi
+    # Host-initiated: 100 connections at once through `CONNECT 5000`, 1 MiB echoed on each; then
+    # a port nobody listens on, which must be refused (the socket closed without OK).
+    many=$(timeout -s KILL 400 vsock-tool uds-connect "$W/v.sock" 5000 1048576 100 2>&1)
+    many_rc=$?
+    refused=$(timeout -s KILL 60 vsock-tool uds-connect "$W/v.sock" 5001 10 1 2>&1)
+    waitfor "$W/l2.out" 'lab-l2: vsock-guest-done' 500 "$l2pid"
+    ferry ctl --api-socket "$W/api.sock" metrics >"$W/metrics" 2>&1
+    ferry ctl --api-socket "$W/api.sock" shutdown >"$W/ctl.out" 2>&1
+    wait "$l2pid"
+    rc=$?
+    out=$(tr -d '\r' <"$W/l2.out" | sed -n 's/.*lab-l2: vsock-out //p' | head -n1)
+    gref=$(tr -d '\r' <"$W/l2.out" | sed -n 's/.*lab-l2: vsock-refused //p' | head -n1)
+    if [ "$rc" = 0 ] && [ "$many_rc" = 0 ] && echo "$many" | grep -q 'connections=100 ok=100 ' &&
+        echo "$refused" | grep -q 'ok=0 refused=1 ' &&
+        echo "$out" | grep -q '^connect=ok sent=268435456 received=268435456 ' &&
+        echo "$gref" | grep -q '^connect=error errno=104 '; then
+        pass "host->guest: $many; host->unbound port: refused; guest->host <uds>_6000: $out; guest->unbound port: $gref; ferry-exit=0"
+    else
+        fail "host->guest: ${many:-?} (rc=$many_rc) | unbound: ${refused:-?} | guest->host: ${out:-?} | guest unbound: ${gref:-?} | $(l2why "$W/l2.out" "$rc")"
+    fi
+}
+
+# --- balloon: inflate half the guest, the host gets the memory back, deflate --------------------
+sc_stock_balloon() {
+    bg l2 600 ferry run $STOCK --balloon amount_mib=0 --api-socket "$W/api.sock" \
+        --cmdline "lab.test=balloon $L2X"
+    l2pid=$pid
+    if ! waitfor "$W/l2.out" 'lab-l2: balloon-ready' 250 "$l2pid"; then
+        wait "$l2pid"
+        fail "the guest never filled its memory: $(l2why "$W/l2.out" $?)"
+        return
+    fi
+    fpid=$(child_of "$l2pid")
+    rss0=$(rss_kib "$fpid")
+    # Half of the 512 MiB guest.
+    c1=$(api_call PATCH "$W/api.sock" /balloon '{"amount_mib": 256}')
+    i=0 actual=""
+    while [ "$i" -lt 240 ]; do
+        api_call GET "$W/api.sock" /balloon >/dev/null
+        actual=$(sed -n 's/.*"actual_mib": *\([0-9]*\).*/\1/p' "$W/api-body")
+        [ "${actual:-0}" -ge 256 ] && break
+        sleep 0.5
+        i=$((i + 1))
+    done
+    rss1=$(rss_kib "$fpid")
+    c2=$(api_call PATCH "$W/api.sock" /balloon '{"amount_mib": 0}')
+    waitfor "$W/l2.out" 'lab-l2: balloon-guest-done' 300 "$l2pid"
+    api_call GET "$W/api.sock" /balloon >/dev/null
+    after=$(sed -n 's/.*"actual_mib": *\([0-9]*\).*/\1/p' "$W/api-body")
+    ferry ctl --api-socket "$W/api.sock" shutdown >"$W/ctl.out" 2>&1
+    wait "$l2pid"
+    rc=$?
+    fell=$(( (rss0 - rss1) / 1024 ))
+    health=$(tr -d '\r' <"$W/l2.out" | sed -n 's/.*lab-l2: after-deflate //p' | head -n1)
+    # At least 90 % of the 256 MiB inflated must have left ferry's resident memory.
+    if [ "$rc" = 0 ] && [ "$c1" = 204 ] && [ "$c2" = 204 ] && [ "${actual:-0}" = 256 ] &&
+        [ "$fell" -ge 230 ] && [ "${after:-1}" = 0 ] && echo "$health" | grep -q 'same=yes'; then
+        pass "PATCH 256 MiB: actual_mib=$actual, ferry RSS $((rss0 / 1024)) -> $((rss1 / 1024)) MiB (fell $fell MiB, >= 90% of 256); PATCH 0: actual_mib=$after, guest $health; ferry-exit=0"
+    else
+        fail "PATCH=$c1/$c2 actual_mib=${actual:-?} then ${after:-?}, RSS $((rss0 / 1024)) -> $((rss1 / 1024)) MiB (fell $fell), guest: ${health:-?} | $(l2why "$W/l2.out" "$rc")"
+    fi
+}
+
 sc_stock_migrate() { GUEST=$STOCK END=lab.end=poweroff mig_test "unix:$W/mig.sock"; }
 sc_stock_snapshot() { GUEST=$STOCK END=lab.end=poweroff sc_snapshot; }
 
