@@ -40,6 +40,10 @@ pub enum Command {
     /// started through a symlink named `firecracker`; `ferry firecracker --help` lists it.
     #[command(disable_help_flag = true)]
     Firecracker(FirecrackerArgs),
+    /// Build a jail for one microVM and run the VMM in it, as Firecracker's `jailer` (`ferry
+    /// jail --help` lists the flags; VMM arguments after `--`).
+    #[command(disable_help_flag = true)]
+    Jail(FirecrackerArgs),
 }
 
 /// Firecracker's arguments, parsed by [`crate::firecracker_cli`].

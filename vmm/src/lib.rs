@@ -13,6 +13,7 @@ pub mod cpu_template;
 pub mod error;
 pub mod event_loop;
 pub mod firecracker_cli;
+pub mod jail;
 pub mod kvm;
 pub mod legacy;
 pub mod logger;

@@ -29,12 +29,21 @@ fn main() -> ExitCode {
     {
         return ExitCode::from(firecracker_cli::main(&argv.collect::<Vec<_>>()));
     }
+    // Started as `jailer`: Firecracker's jailer command line.
+    if std::env::args()
+        .next()
+        .is_some_and(|a| ferry_vmm::jail::invoked_as_jailer(&a))
+    {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        return ExitCode::from(ferry_vmm::jail::main(&args, true));
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Receive(args) => receive(args),
         Command::Ctl(args) => ctl(args),
         Command::Firecracker(args) => return ExitCode::from(firecracker_cli::main(&args.args)),
+        Command::Jail(args) => return ExitCode::from(ferry_vmm::jail::main(&args.args, false)),
     };
     match result {
         Ok(status) => ExitCode::from(status),
