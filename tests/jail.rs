@@ -21,6 +21,8 @@ const GID: u32 = 1000;
 /// drop (processes still in them are killed first; parents only if the test created them).
 struct Jail {
     id: String,
+    /// The exec file's name: the jail is `<base>/<exec name>/<id>/root`.
+    exec_name: String,
     base: TempDir,
     /// `(hierarchy root, relative group path)` of each cgroup the jailer is asked to create.
     cgroups: Vec<(PathBuf, PathBuf)>,
@@ -37,6 +39,7 @@ impl Jail {
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self {
             id: format!("{tag}-{}-{n}", std::process::id()),
+            exec_name: "ferry".into(),
             base: TempDir::new(&format!("jail-{tag}")),
             cgroups: Vec::new(),
             created: Vec::new(),
@@ -50,7 +53,10 @@ impl Jail {
 
     /// The jail's root as seen from the host.
     fn root(&self) -> PathBuf {
-        self.base().join("ferry").join(&self.id).join("root")
+        self.base()
+            .join(&self.exec_name)
+            .join(&self.id)
+            .join("root")
     }
 
     /// Registers the microVM's group `<root>/<parent>/<id>` for cleanup, noting which of its
@@ -59,7 +65,7 @@ impl Jail {
         let mut path = root.to_path_buf();
         for part in Path::new(parent).components() {
             path.push(part);
-            if !path.exists() && !self.created.iter().any(|p| *p == path) {
+            if !path.exists() && !self.created.contains(&path) {
                 self.created.push(path.clone());
             }
         }
@@ -106,7 +112,10 @@ impl Drop for Jail {
                 if procs.trim().is_empty() {
                     break;
                 }
-                for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                for pid in procs
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
                     // SAFETY: signalling a process of this test's own cgroup.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
@@ -128,9 +137,8 @@ fn mount_of(fstype: &str, option: Option<&str>) -> Option<PathBuf> {
     let mounts = fs::read_to_string("/proc/mounts").unwrap();
     mounts.lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        let ok = f.len() > 3
-            && f[2] == fstype
-            && option.is_none_or(|o| f[3].split(',').any(|x| x == o));
+        let ok =
+            f.len() > 3 && f[2] == fstype && option.is_none_or(|o| f[3].split(',').any(|x| x == o));
         ok.then(|| PathBuf::from(f[1]))
     })
 }
@@ -162,7 +170,10 @@ fn status_field(pid: u32, key: &str) -> String {
 fn read_pid_file(path: &Path) -> u32 {
     let start = Instant::now();
     loop {
-        if let Some(pid) = fs::read_to_string(path).ok().and_then(|t| t.trim().parse().ok()) {
+        if let Some(pid) = fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
             return pid;
         }
         assert!(start.elapsed() < DEADLINE, "no pid in {}", path.display());
@@ -173,13 +184,19 @@ fn read_pid_file(path: &Path) -> u32 {
 /// One HTTP request with a JSON body over the jailed VMM's API socket; asserts a 2xx.
 fn api(socket: &Path, method: &str, path: &str, body: &str) {
     let (status, text) = common::http(socket, method, path, Some(body));
-    assert!((200..300).contains(&status), "{method} {path}: {status} {text}");
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path}: {status} {text}"
+    );
 }
 
 /// The exit status of a `ferry jail` that fails before anything runs, and its stderr.
 fn refused(cmd: &mut Command) -> (Option<i32>, String) {
     let out = cmd.stdin(Stdio::null()).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -190,9 +207,45 @@ fn bad_arguments_are_refused_before_anything_is_built() {
     let cases: &[(&[&str], &str)] = &[
         (&["--id", "a/b", "--uid", "1", "--gid", "1"], "--id"),
         (&["--id", "a", "--uid", "1"], "--gid is required"),
-        (&["--id", "a", "--uid", "1", "--gid", "1", "--cgroup", "release_agent=/x"], "not a cgroup v1 file"),
-        (&["--id", "a", "--uid", "1", "--gid", "1", "--resource-limit", "no-file=x"], "whole number"),
-        (&["--id", "a", "--uid", "1", "--gid", "1", "--exec-file", "ferry"], "absolute"),
+        (
+            &[
+                "--id",
+                "a",
+                "--uid",
+                "1",
+                "--gid",
+                "1",
+                "--cgroup",
+                "release_agent=/x",
+            ],
+            "not a cgroup v1 file",
+        ),
+        (
+            &[
+                "--id",
+                "a",
+                "--uid",
+                "1",
+                "--gid",
+                "1",
+                "--resource-limit",
+                "no-file=x",
+            ],
+            "whole number",
+        ),
+        (
+            &[
+                "--id",
+                "a",
+                "--uid",
+                "1",
+                "--gid",
+                "1",
+                "--exec-file",
+                "ferry",
+            ],
+            "absolute",
+        ),
     ];
     for (args, want) in cases {
         let (code, err) = refused(
@@ -202,13 +255,23 @@ fn bad_arguments_are_refused_before_anything_is_built() {
                 .args(["--chroot-base-dir", &base]),
         );
         assert_eq!(code, Some(2), "{args:?}: {err}");
-        assert!(err.starts_with("error: ") && err.contains(want), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(want),
+            "{args:?}: {err}"
+        );
     }
     // Started as `jailer`: Firecracker's jailer exits 1 and requires --exec-file.
     let link = jail.base().join("jailer");
     std::os::unix::fs::symlink(&ferry, &link).unwrap();
     let (code, err) = refused(Command::new(&link).args([
-        "--id", "a", "--uid", "1", "--gid", "1", "--chroot-base-dir", &base,
+        "--id",
+        "a",
+        "--uid",
+        "1",
+        "--gid",
+        "1",
+        "--chroot-base-dir",
+        &base,
     ]));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("--exec-file is required"), "{err}");
@@ -222,7 +285,10 @@ fn bad_arguments_are_refused_before_anything_is_built() {
 fn jailed_vmm_sees_only_its_jail_and_runs_unprivileged_then_boots_the_probe() {
     let mut jail = Jail::new("iso");
     let netns = format!("ferry-jail-{}", jail.id);
-    let added = Command::new("ip").args(["netns", "add", &netns]).status().unwrap();
+    let added = Command::new("ip")
+        .args(["netns", "add", &netns])
+        .status()
+        .unwrap();
     assert!(added.success());
     struct NetnsGuard(String);
     impl Drop for NetnsGuard {
@@ -293,10 +359,16 @@ fn jailed_vmm_sees_only_its_jail_and_runs_unprivileged_then_boots_the_probe() {
         .collect();
     listing.sort();
     for want in ["dev", "ferry", "ferry.pid", "probe", "run"] {
-        assert!(listing.iter().any(|n| n == want), "{want} not in {listing:?}");
+        assert!(
+            listing.iter().any(|n| n == want),
+            "{want} not in {listing:?}"
+        );
     }
     for host_only in ["etc", "home", "proc", "sys", "usr", "tmp", "srv", "root"] {
-        assert!(!listing.iter().any(|n| n == host_only), "{host_only} in {listing:?}");
+        assert!(
+            !listing.iter().any(|n| n == host_only),
+            "{host_only} in {listing:?}"
+        );
     }
     assert!(Path::new("/etc/hostname").exists());
     assert!(!proc_root.join("etc/hostname").exists());
@@ -311,47 +383,95 @@ fn jailed_vmm_sees_only_its_jail_and_runs_unprivileged_then_boots_the_probe() {
         .collect();
     assert_eq!(points, ["/"], "mounts left in the jail:\n{mountinfo}");
     // Device nodes: KVM, tun, and the --dev node, same numbers as the host's, the VMM's own.
-    for (node, major, minor) in [("dev/kvm", 10, 232), ("dev/net/tun", 10, 200), ("dev/zero", 1, 5)] {
+    for (node, major, minor) in [
+        ("dev/kvm", 10, 232),
+        ("dev/net/tun", 10, 200),
+        ("dev/zero", 1, 5),
+    ] {
         let meta = fs::metadata(proc_root.join(node)).unwrap();
         assert!(meta.file_type().is_char_device(), "{node}");
-        assert_eq!((libc::major(meta.rdev()), libc::minor(meta.rdev())), (major, minor), "{node}");
+        assert_eq!(
+            (libc::major(meta.rdev()), libc::minor(meta.rdev())),
+            (major, minor),
+            "{node}"
+        );
         assert_eq!((meta.uid(), meta.gid()), (UID, GID), "{node}");
     }
     // Network namespace, environment, descriptors, limits.
     assert_eq!(
         fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
-        PathBuf::from(format!("net:[{}]", fs::metadata(&netns_path).unwrap().ino()))
+        PathBuf::from(format!(
+            "net:[{}]",
+            fs::metadata(&netns_path).unwrap().ino()
+        ))
     );
     assert!(fs::read(format!("/proc/{pid}/environ")).unwrap().is_empty());
     for fd in fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
         let target = fs::read_link(fd.unwrap().path()).unwrap_or_default();
-        assert!(!target.to_string_lossy().contains("inherited-marker"), "{target:?}");
+        assert!(
+            !target.to_string_lossy().contains("inherited-marker"),
+            "{target:?}"
+        );
     }
     let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let limit = |name: &str| {
         limits
             .lines()
             .find(|l| l.starts_with(name))
-            .map(|l| l[name.len()..].split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .map(|l| {
+                l[name.len()..]
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .unwrap()
     };
     assert_eq!(limit("Max open files"), "512 512");
     assert_eq!(limit("Max file size"), "1048576 1048576");
     // The cgroup: limit written, process inside.
-    assert_eq!(fs::read_to_string(group.join("pids.max")).unwrap().trim(), "200");
+    assert_eq!(
+        fs::read_to_string(group.join("pids.max")).unwrap().trim(),
+        "200"
+    );
     let procs = fs::read_to_string(group.join("cgroup.procs")).unwrap();
-    assert!(procs.split_whitespace().any(|p| p == pid.to_string()), "{procs}");
+    assert!(
+        procs.split_whitespace().any(|p| p == pid.to_string()),
+        "{procs}"
+    );
     let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert!(own.contains(&format!(":pids:/{parent}/{}\n", jail.id)), "{own}");
+    assert!(
+        own.contains(&format!(":pids:/{parent}/{}\n", jail.id)),
+        "{own}"
+    );
 
     // And it still does its job: the probe boots from the jail's /probe over the API.
-    api(&socket, "PUT", "/boot-source", r#"{"kernel_image_path": "/probe", "boot_args": "probe.test=boot"}"#);
-    api(&socket, "PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 128}"#);
-    api(&socket, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    api(
+        &socket,
+        "PUT",
+        "/boot-source",
+        r#"{"kernel_image_path": "/probe", "boot_args": "probe.test=boot"}"#,
+    );
+    api(
+        &socket,
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
+    );
+    api(
+        &socket,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+    );
     let out = wait_with_deadline(child, DEADLINE);
     assert_eq!(out.code(), Some(0), "{}\n{}", out.stdout, out.stderr);
     out.assert_pass("boot");
-    assert!(out.stdout.contains("probe: done pass=1 fail=0"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("probe: done pass=1 fail=0"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -360,13 +480,24 @@ fn jailed_run_form_exits_with_the_guest_status() {
     jail.with_probe();
     let child = jail.spawn(
         &[],
-        &["run", "--kernel", "/probe", "--cmdline", "probe.test=boot,nosuchtest", "--exit-device"],
+        &[
+            "run",
+            "--kernel",
+            "/probe",
+            "--cmdline",
+            "probe.test=boot,nosuchtest",
+            "--exit-device",
+        ],
     );
     let out = wait_with_deadline(child, DEADLINE);
     // The probe's own status (1: one test failed), passed through the jailer's exec.
     assert_eq!(out.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
     out.assert_pass("boot");
-    assert!(out.stdout.contains("probe: done pass=1 fail=1"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("probe: done pass=1 fail=1"),
+        "{}",
+        out.stdout
+    );
 }
 
 /// Starts the busy probe (its dirty loop, never ending) in a jail with `flags`.
@@ -375,7 +506,16 @@ fn start_dirty(jail: &Jail, flags: &[&str], mib: &str, memory: &str) -> Child {
     let cmdline = format!("probe.test=dirty probe.dirty_mib={mib}");
     jail.spawn(
         flags,
-        &["run", "--kernel", "/probe", "--cmdline", &cmdline, "--memory", memory, "--exit-device"],
+        &[
+            "run",
+            "--kernel",
+            "/probe",
+            "--cmdline",
+            &cmdline,
+            "--memory",
+            memory,
+            "--exit-device",
+        ],
     )
 }
 
@@ -387,7 +527,11 @@ fn wait_in_cgroup(group: &Path, pid: u32) {
         if procs.split_whitespace().any(|p| p == pid.to_string()) {
             return;
         }
-        assert!(start.elapsed() < DEADLINE, "{pid} never joined {}", group.display());
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{pid} never joined {}",
+            group.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -453,7 +597,12 @@ fn memory_limit_below_the_guest_ram_gets_the_vmm_oom_killed() {
     // 64 MiB for a VMM whose guest writes 128 MiB of its 256 MiB without end.
     let child = start_dirty(
         &jail,
-        &["--cgroup", "memory.limit_in_bytes=64M", "--parent-cgroup", &parent],
+        &[
+            "--cgroup",
+            "memory.limit_in_bytes=64M",
+            "--parent-cgroup",
+            &parent,
+        ],
         "128",
         "256M",
     );
@@ -467,11 +616,17 @@ fn memory_limit_below_the_guest_ram_gets_the_vmm_oom_killed() {
         out.stderr
     );
     assert_eq!(
-        fs::read_to_string(group.join("memory.limit_in_bytes")).unwrap().trim(),
+        fs::read_to_string(group.join("memory.limit_in_bytes"))
+            .unwrap()
+            .trim(),
         (64u64 << 20).to_string()
     );
     assert!(keyed(&group.join("memory.oom_control"), "oom_kill") >= 1);
-    assert!(out.stdout.contains("probe: dirty: running"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("probe: dirty: running"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -482,10 +637,20 @@ fn cgroup_v2_places_the_vmm_and_names_unavailable_controllers() {
     let parent = format!("ferry-jail-test-{}", jail.id);
     // A controller that is bound to a v1 hierarchy on this host is refused with its reason.
     if !available.split_whitespace().any(|c| c == "memory") {
-        let (code, err) = refused(jail.command(
-            &["--cgroup-version", "2", "--cgroup", "memory.max=64M", "--parent-cgroup", &parent],
-            &["run", "--kernel", "/probe"],
-        ).stdout(Stdio::null()));
+        let (code, err) = refused(
+            jail.command(
+                &[
+                    "--cgroup-version",
+                    "2",
+                    "--cgroup",
+                    "memory.max=64M",
+                    "--parent-cgroup",
+                    &parent,
+                ],
+                &["run", "--kernel", "/probe"],
+            )
+            .stdout(Stdio::null()),
+        );
         assert_eq!(code, Some(1), "{err}");
         assert!(err.contains("memory controller is not available"), "{err}");
     }
@@ -499,15 +664,29 @@ fn cgroup_v2_places_the_vmm_and_names_unavailable_controllers() {
     };
     let controller = file.split('.').next().unwrap().to_string();
     let control = root.join("cgroup.subtree_control");
-    if !fs::read_to_string(&control).unwrap().split_whitespace().any(|c| c == controller) {
+    if !fs::read_to_string(&control)
+        .unwrap()
+        .split_whitespace()
+        .any(|c| c == controller)
+    {
         jail.enabled.push((control, controller.clone()));
     }
     let group = jail.cgroup(&root, &parent);
-    jail.enabled.push((root.join(&parent).join("cgroup.subtree_control"), controller));
+    jail.enabled.push((
+        root.join(&parent).join("cgroup.subtree_control"),
+        controller,
+    ));
     jail.with_probe();
     let setting = format!("{file}={value}");
     let child = jail.spawn(
-        &["--cgroup-version", "2", "--cgroup", &setting, "--parent-cgroup", &parent],
+        &[
+            "--cgroup-version",
+            "2",
+            "--cgroup",
+            &setting,
+            "--parent-cgroup",
+            &parent,
+        ],
         &["firecracker", "--api-sock", "/run/api.sock"],
     );
     let pid = child.id();
@@ -515,7 +694,10 @@ fn cgroup_v2_places_the_vmm_and_names_unavailable_controllers() {
     let written = fs::read_to_string(group.join(&file)).unwrap();
     assert_eq!(written.trim(), value);
     let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert!(own.contains(&format!("0::/{parent}/{}\n", jail.id)), "{own}");
+    assert!(
+        own.contains(&format!("0::/{parent}/{}\n", jail.id)),
+        "{own}"
+    );
     drop(child);
     // SAFETY: ending the VMM this test started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -528,10 +710,18 @@ fn daemonized_vmm_in_a_new_pid_namespace_is_its_init() {
     // SAFETY: a process attribute with an integer argument.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let out = jail
-        .command(&["--daemonize", "--new-pid-ns"], &["firecracker", "--api-sock", "/run/api.sock"])
+        .command(
+            &["--daemonize", "--new-pid-ns"],
+            &["firecracker", "--api-sock", "/run/api.sock"],
+        )
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pid = read_pid_file(&jail.root().join("ferry.pid"));
     struct Reap(u32);
     impl Drop for Reap {
@@ -553,11 +743,19 @@ fn daemonized_vmm_in_a_new_pid_namespace_is_its_init() {
     );
     // Daemonized: standard I/O on /dev/null, its own session, not its leader.
     for fd in 0..3 {
-        assert_eq!(fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap(), PathBuf::from("/dev/null"));
+        assert_eq!(
+            fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap(),
+            PathBuf::from("/dev/null")
+        );
     }
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-    let session: i32 = after_comm.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let session: i32 = after_comm
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_ne!(session, std::process::id() as i32);
     assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
 }
@@ -588,7 +786,13 @@ fn jailed_destination_receives_a_migration_over_a_socket_in_its_jail() {
     let inside = format!("/run/{}.sock", jail.id);
     let dest = jail.spawn(
         &[],
-        &["receive", "--listen", &format!("unix:{inside}"), "--api-socket", "/run/api.sock"],
+        &[
+            "receive",
+            "--listen",
+            &format!("unix:{inside}"),
+            "--api-socket",
+            "/run/api.sock",
+        ],
     );
     // A connection would be taken as the migration: wait for the listening socket instead
     // (flag 00010000, __SO_ACCEPTCON).
@@ -596,22 +800,78 @@ fn jailed_destination_receives_a_migration_over_a_socket_in_its_jail() {
     while !fs::read_to_string("/proc/net/unix")
         .unwrap_or_default()
         .lines()
-        .any(|l| l.ends_with(&format!(" {inside}")) && l.split_whitespace().nth(3) == Some("00010000"))
+        .any(|l| {
+            l.ends_with(&format!(" {inside}")) && l.split_whitespace().nth(3) == Some("00010000")
+        })
     {
-        assert!(start.elapsed() < DEADLINE, "the jailed destination never listened");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the jailed destination never listened"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let listen = jail.root().join(inside.trim_start_matches('/'));
     let to = format!("unix:{}", listen.display());
     let out = common::ctl(&source_socket, &["migrate", "--to", &to], DEADLINE);
     assert_eq!(out.code(), Some(0), "migrate: {}{}", out.stdout, out.stderr);
-    assert_eq!(source.wait_exit(DEADLINE).code(), Some(0), "{}", source.stderr());
+    assert_eq!(
+        source.wait_exit(DEADLINE).code(),
+        Some(0),
+        "{}",
+        source.stderr()
+    );
     // The guest now runs in the jail: press Ctrl-Alt-Del through the jailed VMM's API and the
     // probe, which was waiting for it on the source, passes and exits through the jailed VMM.
     let dest_socket = jail.root().join("run/api.sock");
     wait_for_socket(&dest_socket, DEADLINE);
-    api(&dest_socket, "PUT", "/actions", r#"{"action_type": "SendCtrlAltDel"}"#);
+    api(
+        &dest_socket,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "SendCtrlAltDel"}"#,
+    );
     let out = wait_with_deadline(dest, DEADLINE);
     assert_eq!(out.code(), Some(0), "{}\n{}", out.stdout, out.stderr);
     out.assert_pass("keyboard");
+}
+
+#[test]
+fn jailer_form_runs_a_firecracker_named_binary_with_firecrackers_arguments() {
+    // What an orchestrator does: `jailer --exec-file …/firecracker … -- <firecracker flags>`,
+    // with ferry behind both names.
+    let mut jail = Jail::new("fc");
+    jail.exec_name = "firecracker".into();
+    let bin = jail.base().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(ferry_bin(), bin.join("jailer")).unwrap();
+    std::os::unix::fs::symlink(ferry_bin(), bin.join("firecracker")).unwrap();
+    jail.with_probe();
+    let config = r#"{"boot-source": {"kernel_image_path": "/probe", "boot_args": "probe.test=boot"},
+                     "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#;
+    fs::write(jail.root().join("vm.json"), config).unwrap();
+    let child = Command::new(bin.join("jailer"))
+        .args([
+            "--id",
+            &jail.id,
+            "--uid",
+            "1000",
+            "--gid",
+            "1000",
+            "--exec-file",
+        ])
+        .arg(bin.join("firecracker"))
+        .arg("--chroot-base-dir")
+        .arg(jail.base())
+        .args(["--", "--no-api", "--config-file", "/vm.json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_with_deadline(child, DEADLINE);
+    // ferry took `--id` and the jailer's start-time flags as Firecracker does, then booted.
+    assert_eq!(out.code(), Some(0), "{}\n{}", out.stdout, out.stderr);
+    out.assert_pass("boot");
+    assert!(jail.root().join("firecracker").is_file());
+    assert!(jail.root().join("firecracker.pid").is_file());
 }

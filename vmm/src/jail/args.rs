@@ -188,7 +188,11 @@ fn parse_id_number(flag: &str, value: &str) -> Result<u32, JailError> {
         .parse::<u32>()
         .ok()
         .filter(|n| *n != u32::MAX)
-        .ok_or_else(|| usage(format!("--{flag} {value}: expected a number below 4294967295")))
+        .ok_or_else(|| {
+            usage(format!(
+                "--{flag} {value}: expected a number below 4294967295"
+            ))
+        })
 }
 
 /// `--cgroup FILE=VALUE`, checked against the known files of `version`.
@@ -212,8 +216,7 @@ fn parse_cgroup(arg: &str, version: CgroupVersion) -> Result<CgroupSetting, Jail
         )));
     }
     // One line of printable text: the value is written as is into a kernel file.
-    if value.is_empty() || value.len() > 4096 || !value.bytes().all(|b| (0x20..0x7f).contains(&b))
-    {
+    if value.is_empty() || value.len() > 4096 || !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return Err(usage(format!(
             "--cgroup {arg}: the value must be 1 to 4096 printable characters"
         )));
@@ -345,9 +348,7 @@ pub fn parse(args: &[String], require_exec_file: bool) -> Result<Invocation, Jai
             .map(|(_, v)| v.as_str())
             .collect()
     };
-    let required = |name: &str| {
-        value(name).ok_or_else(|| usage(format!("--{name} is required")))
-    };
+    let required = |name: &str| value(name).ok_or_else(|| usage(format!("--{name} is required")));
     let id = required("id")?.to_string();
     check_id(&id)?;
     let exec_file = match value("exec-file") {
@@ -375,11 +376,7 @@ pub fn parse(args: &[String], require_exec_file: bool) -> Result<Invocation, Jai
     let cgroup_version = match value("cgroup-version").unwrap_or("1") {
         "1" => CgroupVersion::V1,
         "2" => CgroupVersion::V2,
-        other => {
-            return Err(usage(format!(
-                "--cgroup-version {other}: expected 1 or 2"
-            )))
-        }
+        other => return Err(usage(format!("--cgroup-version {other}: expected 1 or 2"))),
     };
     let cgroups = all("cgroup")
         .into_iter()
@@ -387,7 +384,10 @@ pub fn parse(args: &[String], require_exec_file: bool) -> Result<Invocation, Jai
         .collect::<Result<Vec<_>, _>>()?;
     for (i, c) in cgroups.iter().enumerate() {
         if cgroups[..i].iter().any(|d| d.file == c.file) {
-            return Err(usage(format!("--cgroup {} is given more than once", c.file)));
+            return Err(usage(format!(
+                "--cgroup {} is given more than once",
+                c.file
+            )));
         }
     }
     let parent_cgroup = value("parent-cgroup")
@@ -575,7 +575,12 @@ mod tests {
                 "{extra:?} was accepted"
             );
         }
-        let v2: &[&str] = &["--cgroup-version", "2", "--cgroup", "memory.limit_in_bytes=1"];
+        let v2: &[&str] = &[
+            "--cgroup-version",
+            "2",
+            "--cgroup",
+            "memory.limit_in_bytes=1",
+        ];
         assert!(jail(&with(v2)).is_err());
     }
 

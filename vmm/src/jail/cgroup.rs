@@ -79,7 +79,11 @@ fn group_path(args: &JailArgs, exec_name: &str) -> PathBuf {
 
 /// Creates the microVM's cgroups, writes the limits, and moves this process into them.
 /// Returns the cgroup directories the process joined.
-pub fn setup(args: &JailArgs, exec_name: &str, proc_mounts: &str) -> Result<Vec<PathBuf>, JailError> {
+pub fn setup(
+    args: &JailArgs,
+    exec_name: &str,
+    proc_mounts: &str,
+) -> Result<Vec<PathBuf>, JailError> {
     let pid = std::process::id().to_string();
     match args.cgroup_version {
         CgroupVersion::V1 => setup_v1(args, exec_name, proc_mounts, &pid),
@@ -215,7 +219,10 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         assert_eq!(v1_root(MOUNTS, "pids"), None);
         // "systemd" is not a controller option, "name=systemd" is.
         assert_eq!(v1_root(MOUNTS, "systemd"), None);
-        assert_eq!(v2_root(MOUNTS), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            v2_root(MOUNTS),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         assert_eq!(v2_root("cgroup /x cgroup rw,cpu 0 0\n"), None);
     }
 }

@@ -42,7 +42,8 @@ pub fn interpreter(file: &mut File) -> Result<Option<PathBuf>, String> {
         return Err(bad());
     }
     let mut table = vec![0u8; phentsize * phnum];
-    file.seek(SeekFrom::Start(phoff)).map_err(|e| e.to_string())?;
+    file.seek(SeekFrom::Start(phoff))
+        .map_err(|e| e.to_string())?;
     file.read_exact(&mut table).map_err(|_| bad())?;
     for entry in table.chunks(phentsize) {
         if u32_at(entry, 0) != Some(PT_INTERP) {
@@ -54,7 +55,8 @@ pub fn interpreter(file: &mut File) -> Result<Option<PathBuf>, String> {
             return Err(bad());
         }
         let mut path = vec![0u8; size as usize];
-        file.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| e.to_string())?;
         file.read_exact(&mut path).map_err(|_| bad())?;
         let end = path.iter().position(|b| *b == 0).unwrap_or(path.len());
         let text = std::str::from_utf8(&path[..end]).map_err(|_| bad())?;

@@ -58,7 +58,11 @@ impl JailError {
 
 /// The jailer's own version line.
 pub fn version_line() -> String {
-    format!("Jailer v{} (ferry {})", ferry_api::server::FIRECRACKER_API_VERSION, ferry_api::VERSION)
+    format!(
+        "Jailer v{} (ferry {})",
+        ferry_api::server::FIRECRACKER_API_VERSION,
+        ferry_api::VERSION
+    )
 }
 
 /// True when this process was started under a jailer's name (`jailer`, `jailer-v1.7.0-x86_64`).
@@ -109,12 +113,16 @@ fn exec_file(args: &JailArgs) -> Result<(PathBuf, String), JailError> {
         Some(path) => path
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| JailError::Usage(format!("--exec-file {}: names no file", path.display())))?
+            .ok_or_else(|| {
+                JailError::Usage(format!("--exec-file {}: names no file", path.display()))
+            })?
             .to_string(),
         None => "ferry".to_string(),
     };
     if name.is_empty() || name.starts_with('.') || name.contains('/') {
-        return Err(JailError::Usage(format!("--exec-file: bad file name {name:?}")));
+        return Err(JailError::Usage(format!(
+            "--exec-file: bad file name {name:?}"
+        )));
     }
     Ok((path, name))
 }
@@ -142,9 +150,12 @@ pub fn vmm_args(exec_name: &str, args: &JailArgs, times: [u64; 3]) -> Vec<String
     }
     match args.extra.first().map(String::as_str) {
         None => [vec!["firecracker".to_string()], fc_flags()].concat(),
-        Some("firecracker") => {
-            [vec!["firecracker".to_string()], fc_flags(), args.extra[1..].to_vec()].concat()
-        }
+        Some("firecracker") => [
+            vec!["firecracker".to_string()],
+            fc_flags(),
+            args.extra[1..].to_vec(),
+        ]
+        .concat(),
         Some(_) => args.extra.clone(),
     }
 }
@@ -172,7 +183,10 @@ fn run(args: &JailArgs, start_us: u64) -> Result<(), JailError> {
         .collect::<Result<_, _>>()?;
     if let Ok(meta) = std::fs::symlink_metadata(&jail) {
         if !meta.is_dir() {
-            return Err(JailError::Jail(format!("{} is not a directory", jail.display())));
+            return Err(JailError::Jail(format!(
+                "{} is not a directory",
+                jail.display()
+            )));
         }
     }
     std::fs::create_dir_all(&jail)
@@ -182,8 +196,13 @@ fn run(args: &JailArgs, start_us: u64) -> Result<(), JailError> {
     }
     cgroup::setup(args, &exec_name, &proc_mounts)?;
     let dev_null = if args.daemonize {
-        Some(File::options().read(true).write(true).open("/dev/null")
-            .map_err(|e| JailError::io("opening /dev/null".into(), e))?)
+        Some(
+            File::options()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(|e| JailError::io("opening /dev/null".into(), e))?,
+        )
     } else {
         None
     };
@@ -232,7 +251,10 @@ fn run(args: &JailArgs, start_us: u64) -> Result<(), JailError> {
         .args(argv.iter().map(OsString::from))
         .env_clear()
         .exec();
-    Err(JailError::Exec(format!("executing {} in the jail: {err}", jailed_exec.display())))
+    Err(JailError::Exec(format!(
+        "executing {} in the jail: {err}",
+        jailed_exec.display()
+    )))
 }
 
 #[cfg(test)]
@@ -256,17 +278,31 @@ mod tests {
         assert_eq!(
             vmm_args("firecracker", &a, times),
             [
-                "--id", "vm1", "--start-time-us", "10", "--start-time-cpu-us", "20",
-                "--parent-cpu-time-us", "30", "--api-sock", "/a"
+                "--id",
+                "vm1",
+                "--start-time-us",
+                "10",
+                "--start-time-cpu-us",
+                "20",
+                "--parent-cpu-time-us",
+                "30",
+                "--api-sock",
+                "/a"
             ]
         );
         let sub: Vec<&str> = [&base[..], &["--", "firecracker", "--api-sock", "/a"]].concat();
         let v = vmm_args("ferry", &parsed(&sub), times);
         assert_eq!(v[..3], ["firecracker", "--id", "vm1"]);
         assert_eq!(v[v.len() - 2..], ["--api-sock", "/a"]);
-        assert_eq!(vmm_args("ferry", &parsed(&base), times)[..3], ["firecracker", "--id", "vm1"]);
+        assert_eq!(
+            vmm_args("ferry", &parsed(&base), times)[..3],
+            ["firecracker", "--id", "vm1"]
+        );
         let run: Vec<&str> = [&base[..], &["--", "run", "--kernel", "/k"]].concat();
-        assert_eq!(vmm_args("ferry", &parsed(&run), times), ["run", "--kernel", "/k"]);
+        assert_eq!(
+            vmm_args("ferry", &parsed(&run), times),
+            ["run", "--kernel", "/k"]
+        );
     }
 
     #[test]

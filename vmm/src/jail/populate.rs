@@ -87,7 +87,9 @@ pub fn owned_dirs(uid: u32, gid: u32) -> Result<(), JailError> {
         let meta =
             fs::symlink_metadata(path).map_err(|e| JailError::io(format!("stat {dir}"), e))?;
         if !meta.is_dir() {
-            return Err(JailError::Jail(format!("{dir} in the jail is not a directory")));
+            return Err(JailError::Jail(format!(
+                "{dir} in the jail is not a directory"
+            )));
         }
         chown(path, uid, gid)?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o700))
@@ -118,7 +120,11 @@ pub fn make_node(node: &DeviceNode, uid: u32, gid: u32) -> Result<(), JailError>
     }
     clear(&node.path)?;
     let c = cstring(&node.path)?;
-    let kind = if node.block { libc::S_IFBLK } else { libc::S_IFCHR };
+    let kind = if node.block {
+        libc::S_IFBLK
+    } else {
+        libc::S_IFCHR
+    };
     // SAFETY: a valid NUL-terminated path.
     if unsafe { libc::mknod(c.as_ptr(), kind | 0o600, node.rdev) } < 0 {
         return Err(JailError::io(
@@ -147,7 +153,8 @@ pub fn copy_in(source: &mut File, dest: &Path) -> Result<(), JailError> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(dest)
         .map_err(|e| JailError::io(format!("creating {}", dest.display()), e))?;
-    io::copy(source, &mut out).map_err(|e| JailError::io(format!("copying to {}", dest.display()), e))?;
+    io::copy(source, &mut out)
+        .map_err(|e| JailError::io(format!("copying to {}", dest.display()), e))?;
     Ok(())
 }
 

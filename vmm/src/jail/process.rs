@@ -43,7 +43,11 @@ pub fn clear_environment() {
     }
 }
 
-fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64, name: &str) -> Result<(), JailError> {
+fn set_rlimit(
+    resource: libc::__rlimit_resource_t,
+    value: u64,
+    name: &str,
+) -> Result<(), JailError> {
     let limit = libc::rlimit {
         rlim_cur: value,
         rlim_max: value,
@@ -66,10 +70,14 @@ pub fn set_limits(fsize: Option<u64>, no_file: u64) -> Result<(), JailError> {
 
 /// Joins the network namespace at `path` (e.g. `/var/run/netns/NAME`).
 pub fn join_netns(path: &Path) -> Result<(), JailError> {
-    let ns = File::open(path).map_err(|e| JailError::io(format!("--netns {}", path.display()), e))?;
+    let ns =
+        File::open(path).map_err(|e| JailError::io(format!("--netns {}", path.display()), e))?;
     // SAFETY: setns on a descriptor we own.
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-        return Err(os_error(&format!("joining the network namespace {}", path.display())));
+        return Err(os_error(&format!(
+            "joining the network namespace {}",
+            path.display()
+        )));
     }
     Ok(())
 }
@@ -168,7 +176,14 @@ pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
                 return Err(os_error("dropping the capability bounding set"));
             }
         }
-        if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 {
+        if libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        ) < 0
+        {
             return Err(os_error("clearing ambient capabilities"));
         }
     }
