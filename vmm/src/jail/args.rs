@@ -205,10 +205,15 @@ fn parse_cgroup(arg: &str, version: CgroupVersion) -> Result<CgroupSetting, Jail
         CgroupVersion::V2 => V2_FILES,
     };
     if !known.contains(&file) && !is_hugetlb_file(file, version) {
-        let v = match version {
-            CgroupVersion::V1 => 1,
-            CgroupVersion::V2 => 2,
+        let (v, other, other_files) = match version {
+            CgroupVersion::V1 => (1, 2, V2_FILES),
+            CgroupVersion::V2 => (2, 1, V1_FILES),
         };
+        if other_files.contains(&file) {
+            return Err(usage(format!(
+                "--cgroup {arg}: {file} is a cgroup v{other} file; add --cgroup-version {other}"
+            )));
+        }
         return Err(usage(format!(
             "--cgroup {arg}: {file} is not a cgroup v{v} file the jailer sets (known: {}, \
              hugetlb.<size>.…)",
