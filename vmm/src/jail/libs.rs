@@ -146,6 +146,43 @@ mod tests {
         assert!(parse_list("\tlibfoo.so => not found\n").is_err());
     }
 
+    /// A minimal ELF64 file: header, `phnum` program headers, then `interp` (when given) as the
+    /// `PT_INTERP` segment's bytes.
+    fn elf(interp: Option<&[u8]>) -> File {
+        let phnum: u16 = if interp.is_some() { 1 } else { 0 };
+        let mut bytes = vec![0u8; 64];
+        bytes[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        bytes[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        bytes[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        bytes[0x38..0x3a].copy_from_slice(&phnum.to_le_bytes());
+        if let Some(path) = interp {
+            let mut ph = vec![0u8; 56];
+            ph[..4].copy_from_slice(&PT_INTERP.to_le_bytes());
+            ph[8..16].copy_from_slice(&120u64.to_le_bytes());
+            ph[32..40].copy_from_slice(&(path.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(&ph);
+            bytes.extend_from_slice(path);
+        }
+        let dir = std::env::temp_dir().join(format!("ferry-libs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("elf-{}", interp.map_or(0, <[u8]>::len)));
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        file
+    }
+
+    #[test]
+    fn static_and_dynamic_headers() {
+        assert_eq!(interpreter(&mut elf(None)).unwrap(), None);
+        assert_eq!(
+            interpreter(&mut elf(Some(b"/lib64/ld.so\0"))).unwrap(),
+            Some(PathBuf::from("/lib64/ld.so"))
+        );
+        // A relative interpreter is not something the jail can reproduce.
+        assert!(interpreter(&mut elf(Some(b"ld.so\0"))).is_err());
+    }
+
     #[test]
     fn interpreter_of_this_test_binary() {
         // The test binary is linked like ferry: dynamic on glibc hosts, static on musl.
