@@ -59,8 +59,12 @@ impl MutEventSubscriber for Vsock {
                     let _ = evt.read();
                 }
                 match q {
-                    config::RX => self.process_rx(),
+                    config::RX => {
+                        super::count(&self.metrics.rx_queue_events, 1);
+                        self.process_rx();
+                    }
                     config::TX => {
+                        super::count(&self.metrics.tx_queue_events, 1);
                         self.process_tx();
                         self.process_rx();
                     }

@@ -168,7 +168,6 @@ impl Vsock {
 
     /// Takes the guest's packets off the TX queue. The event loop calls this on TX kicks.
     pub fn process_tx(&mut self) {
-        count(&self.metrics.tx_queue_events, 1);
         self.run_queue(config::TX, |_| true, Vsock::tx_chain);
     }
 
