@@ -697,7 +697,10 @@ fn snapshots() {
     ) else {
         panic!("not SnapshotLoad");
     };
-    assert_eq!(load.vsock_override.map(|o| o.uds_path).as_deref(), Some("/v"));
+    assert_eq!(
+        load.vsock_override.map(|o| o.uds_path).as_deref(),
+        Some("/v")
+    );
     assert!(bad(
         "PUT",
         "/snapshot/load",
@@ -905,7 +908,11 @@ fn entropy_device_body_and_validation() {
 #[test]
 fn vsock_device_body_and_validation() {
     assert_eq!(
-        ok("PUT", "/vsock", r#"{"guest_cid": 3, "uds_path": "/run/v.sock"}"#),
+        ok(
+            "PUT",
+            "/vsock",
+            r#"{"guest_cid": 3, "uds_path": "/run/v.sock"}"#
+        ),
         ApiRequest::PutVsock(Vsock {
             guest_cid: 3,
             uds_path: "/run/v.sock".into(),
@@ -935,8 +942,12 @@ fn vsock_device_body_and_validation() {
     assert!(bad("PUT", "/vsock", r#"{"guest_cid": 3, "uds_path": ""}"#).contains("uds_path"));
     let long = format!(r#"{{"guest_cid": 3, "uds_path": "/{}"}}"#, "a".repeat(107));
     assert!(bad("PUT", "/vsock", &long).contains("Unix socket"));
-    assert!(bad("PUT", "/vsock", r#"{"guest_cid": 3, "uds_path": "/v", "x": 1}"#)
-        .contains("unknown field"));
+    assert!(bad(
+        "PUT",
+        "/vsock",
+        r#"{"guest_cid": 3, "uds_path": "/v", "x": 1}"#
+    )
+    .contains("unknown field"));
     assert_eq!(status("GET", "/vsock", ""), 405);
     // Shown in the configuration.
     let config = VmConfig {

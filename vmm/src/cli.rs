@@ -882,7 +882,10 @@ mod tests {
             "uds=/v",
             "cid=3,uds=/v,port=5",
         ] {
-            assert!(run_args(&["--kernel", "k", "--vsock", bad]).is_err(), "{bad}");
+            assert!(
+                run_args(&["--kernel", "k", "--vsock", bad]).is_err(),
+                "{bad}"
+            );
         }
         let args = run_args(&["--restore", "/s", "--vsock-map", "/run/here.sock"]).unwrap();
         assert_eq!(args.restore_maps().vsock.as_deref(), Some("/run/here.sock"));

@@ -477,7 +477,10 @@ mod tests {
         let a = allow(&[socks.to_str().unwrap()]);
         a.admit(&mut c, &ReceiveMaps::default()).unwrap();
         let resolved = std::fs::canonicalize(&socks).unwrap().join("v.sock");
-        assert_eq!(c.vsock.as_ref().unwrap().uds_path, resolved.to_str().unwrap());
+        assert_eq!(
+            c.vsock.as_ref().unwrap().uds_path,
+            resolved.to_str().unwrap()
+        );
         // `..` out of the allowed directory, a relative path, a missing directory.
         for bad in [
             format!("{}/../v.sock", socks.display()),
