@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a guest (or restore a snapshot) and run it until it exits.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Wait for one incoming live migration and run the guest it brings.
     Receive(ReceiveArgs),
     /// Control a running ferry through its API socket.
@@ -645,7 +645,7 @@ mod tests {
         let mut argv = vec!["ferry", "run"];
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
-            Command::Run(run) => run,
+            Command::Run(run) => *run,
             _ => panic!("not a run command"),
         })
     }

@@ -53,7 +53,7 @@ impl MutEventSubscriber for Vsock {
                 self.muxer.process_host_events();
                 self.process_rx();
             }
-            data if data >= EV_QUEUE && data < EV_QUEUE + 3 => {
+            data if (EV_QUEUE..EV_QUEUE + 3).contains(&data) => {
                 let q = (data - EV_QUEUE) as usize;
                 if let Some(evt) = self.queue_evts.get(q) {
                     let _ = evt.read();

@@ -523,7 +523,7 @@ fn a_hundred_connections_at_once() {
         assert_eq!(got, *format!("conn {i:03}").as_bytes());
         host.write_all(format!("back {i:03}").as_bytes()).unwrap();
     }
-    let mut seen = vec![false; 100];
+    let mut seen = [false; 100];
     // More ready sockets than one epoll batch: the event loop comes back while the set is
     // readable; here, until a round brings nothing.
     loop {
