@@ -300,3 +300,90 @@ fn a_restored_guest_is_told_its_connections_were_reset() {
         "the restored device listens on the mapped path"
     );
 }
+
+/// `ctl migrate` to `listen` until it took or `until` says to stop (a migration started before
+/// the destination listens fails cleanly).
+fn migrate(
+    source_socket: &Path,
+    listen: &str,
+    mut until: impl FnMut() -> bool,
+) -> common::RunOutput {
+    let mut out = ctl(source_socket, &["migrate", "--to", listen], DEADLINE);
+    for _ in 0..100 {
+        if out.code() == Some(0) || until() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        out = ctl(source_socket, &["migrate", "--to", listen], DEADLINE);
+    }
+    out
+}
+
+#[test]
+fn live_migration_needs_the_socket_mapped_and_resets_the_guests_connections() {
+    let dir = TempDir::new("vsock-mig");
+    let uds = dir.path().join("v.sock");
+    let vsock = format!("cid=3,uds={}", uds.display());
+    let cmdline = "probe.test=vsock probe.vsock_accept=1 probe.vsock_resets=1";
+    let (mut source, source_socket) =
+        spawn_probe(dir.path(), "source", cmdline, &["--vsock", &vsock]);
+    source.wait_for_output(LISTENING, DEADLINE);
+    echo(&uds, 52, 11, 32 << 10);
+    wait_for_socket(&source_socket, DEADLINE);
+
+    // A destination that neither maps nor allows the source's socket path refuses the guest.
+    let listen = format!("unix:{}", dir.path().join("refuse.sock").display());
+    let mut refusing =
+        FerryProcess::spawn(dir.path(), "refusing", &["receive", "--listen", &listen]);
+    let out = migrate(&source_socket, &listen, || !refusing.is_running());
+    assert_ne!(
+        out.code(),
+        Some(0),
+        "migrated to a destination that refuses"
+    );
+    refusing.wait_exit(DEADLINE);
+    assert!(
+        refusing.stderr().contains("--vsock-map"),
+        "{}",
+        refusing.stderr()
+    );
+    assert!(source.is_running(), "the source keeps its guest");
+
+    let listen = format!("unix:{}", dir.path().join("migration.sock").display());
+    let dest_uds = dir.path().join("dest.sock");
+    let mut dest = FerryProcess::spawn(
+        dir.path(),
+        "dest",
+        &[
+            "receive",
+            "--listen",
+            &listen,
+            "--vsock-map",
+            dest_uds.to_str().unwrap(),
+        ],
+    );
+    let out = migrate(&source_socket, &listen, || !source.is_running());
+    assert_eq!(out.code(), Some(0), "migrate: {}{}", out.stdout, out.stderr);
+    assert_eq!(
+        source.wait_exit(DEADLINE).code(),
+        Some(0),
+        "{}",
+        source.stderr()
+    );
+    let status = dest.wait_exit(DEADLINE);
+    let out = dest.stdout();
+    assert!(
+        out.contains("probe: vsock: transport reset 1"),
+        "{out}\n{}",
+        dest.stderr()
+    );
+    assert!(
+        out.contains("PASS cid=3 served=1 echoed_out=0 resets=1"),
+        "{out}"
+    );
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        dest_uds.exists(),
+        "the destination listens on the mapped path"
+    );
+}
