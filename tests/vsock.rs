@@ -299,6 +299,41 @@ fn a_restored_guest_is_told_its_connections_were_reset() {
         uds2.exists(),
         "the restored device listens on the mapped path"
     );
+
+    // Firecracker's way: PUT /snapshot/load with vsock_override.
+    let socket3 = dir.path().join("loaded.api");
+    let mut loaded = FerryProcess::spawn(
+        dir.path(),
+        "loaded",
+        &["run", "--api-socket", socket3.to_str().unwrap()],
+    );
+    wait_for_socket(&socket3, DEADLINE);
+    let uds3 = dir.path().join("override.sock");
+    let load = serde_json::json!({
+        "snapshot_path": snap.join("vmstate"),
+        "mem_backend": {"backend_type": "File", "backend_path": snap.join("memory")},
+        "vsock_override": {"uds_path": uds3},
+        "resume_vm": false,
+    });
+    let (status, text) = http(&socket3, "PUT", "/snapshot/load", Some(&load.to_string()));
+    assert_eq!(status, 204, "{text}");
+    let (_, text) = http(&socket3, "GET", "/vm/config", None);
+    let config: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(config["vsock"]["uds_path"], uds3.to_str().unwrap());
+    assert_eq!(config["vsock"]["guest_cid"], 5);
+    let (status, text) = http(&socket3, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#));
+    assert_eq!(status, 204, "{text}");
+    assert_eq!(
+        loaded.wait_exit(DEADLINE).code(),
+        Some(0),
+        "{}",
+        loaded.stderr()
+    );
+    let out = loaded.stdout();
+    assert!(
+        out.contains("PASS cid=5 served=1 echoed_out=0 resets=1"),
+        "{out}"
+    );
 }
 
 /// `ctl migrate` to `listen` until it took or `until` says to stop (a migration started before
