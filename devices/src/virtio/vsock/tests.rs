@@ -615,3 +615,76 @@ fn restore_tells_the_guest_its_connections_are_gone() {
     let other = Vsock::new_shared(CID + 1, &r.dir.join("other.sock")).unwrap();
     assert!(other.lock().unwrap().restore_state(&state).is_err());
 }
+
+#[test]
+fn random_guest_packets_never_panic_and_leave_the_device_working() {
+    let mut r = rig();
+    let l = listen(&r, 52);
+    let _host = r.guest_connect(&l, 1000, 52);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..3000 {
+        let v = next();
+        // Mostly plausible headers (right CIDs, known ops, the live connection's ports) so the
+        // deeper paths run, with every field sometimes garbage.
+        let mut h = guest(Op::Rw, 1000, 52);
+        h.op = (v % 9) as u16;
+        h.len = match v >> 8 & 3 {
+            0 => 0,
+            1 => (next() % 200) as u32,
+            2 => next() as u32,
+            _ => 64 << 10,
+        };
+        if v >> 10 & 7 == 0 {
+            h.src_cid = next();
+        }
+        if v >> 13 & 7 == 0 {
+            h.dst_cid = next();
+        }
+        if v >> 16 & 7 == 0 {
+            h.type_ = next() as u16;
+        }
+        if v >> 19 & 3 == 0 {
+            h.src_port = next() as u32;
+            h.dst_port = next() as u32;
+        }
+        h.flags = next() as u32;
+        h.buf_alloc = next() as u32;
+        h.fwd_cnt = next() as u32;
+        let hdr_at = r.alloc(HDR_LEN as u64);
+        r.mem
+            .write_slice(&h.to_bytes(), GuestAddress(hdr_at))
+            .unwrap();
+        let data_at = r.alloc(256);
+        let chain = match v >> 21 & 3 {
+            0 => vec![TestDesc::r(hdr_at, HDR_LEN as u32)],
+            1 => vec![
+                TestDesc::r(hdr_at, (next() % 60) as u32),
+                TestDesc::r(data_at, (next() % 300) as u32),
+            ],
+            2 => vec![
+                TestDesc::r(hdr_at, HDR_LEN as u32),
+                TestDesc::r(next() % (2 * MEM as u64), next() as u32),
+            ],
+            _ => vec![
+                TestDesc::r(hdr_at, HDR_LEN as u32),
+                TestDesc::w(data_at, 200),
+            ],
+        };
+        r.send_chain(&chain);
+        r.host_events();
+        while r.recv().is_some() {}
+    }
+    // The device still serves new connections.
+    let l2 = listen(&r, 53);
+    let mut host = r.guest_connect(&l2, 4242, 53);
+    r.send(guest(Op::Rw, 4242, 53), b"still here");
+    let mut got = [0u8; 10];
+    host.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still here");
+}
