@@ -153,6 +153,17 @@ pub struct EntropyConfig {
     pub rate_limiter: Option<RateLimiter>,
 }
 
+/// The vsock device (`--vsock`, `PUT /vsock`): guest AF_VSOCK streams meet host Unix sockets
+/// (`docs/api.md`, vsock device). At most one per VM, as on Firecracker.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockConfig {
+    /// The guest's context id (3 to 2^32 - 2).
+    pub guest_cid: u64,
+    /// Where ferry listens for host-initiated connections; guest connections to port P go to
+    /// `<uds_path>_P`.
+    pub uds_path: String,
+}
+
 fn one() -> u16 {
     1
 }
@@ -185,6 +196,9 @@ pub struct VmConfig {
     /// The entropy device, when configured (absent in older snapshots: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<EntropyConfig>,
+    /// The vsock device, when configured (absent in older snapshots: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {

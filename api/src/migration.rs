@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::models::HostDevType;
+use crate::models::{check_uds_path, HostDevType, VsockOverride};
 use crate::validate::{check_drive_path, check_id, check_ifname, check_path};
 
 /// Default downtime budget for the final stop-and-copy round, ms.
@@ -253,6 +253,9 @@ pub struct MigrationMaps {
     pub drives: Vec<DriveMap>,
     #[serde(default)]
     pub network_interfaces: Vec<NetMap>,
+    /// This host's `uds_path` for the incoming vsock device (`--vsock-map PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockOverride>,
 }
 
 /// `PUT /migration/receive`: wait for one incoming guest. Returns once listening.
@@ -295,6 +298,9 @@ impl MigrationReceive {
         }
         for map in &self.maps.network_interfaces {
             map.validate()?;
+        }
+        if let Some(v) = &self.maps.vsock {
+            check_uds_path("maps.vsock.uds_path", &v.uds_path)?;
         }
         Ok(())
     }

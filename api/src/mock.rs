@@ -165,6 +165,11 @@ fn handle(s: &mut State, request: ApiRequest) -> Result<ApiResponse, ApiResponse
             }
             ApiResponse::NoContent
         }
+        R::PutVsock(vsock) => {
+            pre_boot(s, "adding a vsock device")?;
+            s.config.vsock = Some(vsock.to_config());
+            ApiResponse::NoContent
+        }
         R::PutEntropy(entropy) => {
             pre_boot(s, "adding an entropy device")?;
             s.config.entropy = Some(entropy.to_config());

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{
     BootSource, DriveConfig, EntropyConfig, HugePages, MachineConfig, NetBackendConfig, NetConfig,
-    VmConfig,
+    VmConfig, VsockConfig,
 };
 use crate::validate::{
     check_drive_path, check_id, check_ifname, check_path, check_text, parse_mac, MAX_BOOT_ARGS_LEN,
@@ -281,6 +281,66 @@ impl EntropyDevice {
     pub fn from_config(config: &EntropyConfig) -> Self {
         Self {
             rate_limiter: config.rate_limiter.clone(),
+        }
+    }
+}
+
+/// Longest `uds_path`: a Unix socket address holds 107 bytes and a NUL. Guest connections to
+/// port P use `<uds_path>_P`, up to 11 bytes longer; those that do not fit are refused (RST).
+pub const MAX_UDS_PATH_LEN: usize = 107;
+
+/// `PUT /vsock` (Firecracker's `Vsock`): the virtio-vsock device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    pub guest_cid: u64,
+    pub uds_path: String,
+    /// Deprecated by Firecracker and ignored (there is one vsock device); accepted so old
+    /// clients work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+}
+
+/// Checks a vsock `uds_path` (also a snapshot's `vsock_override` and a `--vsock-map`).
+pub fn check_uds_path(what: &str, path: &str) -> Result<(), String> {
+    check_path(what, path)?;
+    if path.len() > MAX_UDS_PATH_LEN {
+        return Err(format!(
+            "{what} is longer than {MAX_UDS_PATH_LEN} bytes (a Unix socket address)"
+        ));
+    }
+    Ok(())
+}
+
+impl Vsock {
+    /// The checks of `PUT /vsock` (also applied to `--vsock` and the config file).
+    pub fn validate(&self) -> Result<(), String> {
+        // 0-2 are the hypervisor, local and host addresses; u32::MAX is VMADDR_CID_ANY, and
+        // guests address CIDs in 32 bits.
+        if !(3..u64::from(u32::MAX)).contains(&self.guest_cid) {
+            return Err(format!(
+                "guest_cid must be between 3 and {} (got {})",
+                u32::MAX - 1,
+                self.guest_cid
+            ));
+        }
+        // `vsock_id` is not checked: Firecracker ignores it too, and it is never used.
+        check_uds_path("uds_path", &self.uds_path)
+    }
+
+    pub fn to_config(&self) -> VsockConfig {
+        VsockConfig {
+            guest_cid: self.guest_cid,
+            uds_path: self.uds_path.clone(),
+        }
+    }
+
+    /// The API form of a configured device (for `GET /vm/config`).
+    pub fn from_config(config: &VsockConfig) -> Self {
+        Self {
+            guest_cid: config.guest_cid,
+            uds_path: config.uds_path.clone(),
+            vsock_id: None,
         }
     }
 }
@@ -630,6 +690,15 @@ pub(crate) struct SnapshotLoadBody {
     clock_realtime: bool,
     #[serde(default)]
     mem_diff_paths: Vec<String>,
+    #[serde(default)]
+    vsock_override: Option<VsockOverride>,
+}
+
+/// Firecracker's `VsockOverride`: the restored vsock device listens on another `uds_path`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockOverride {
+    pub uds_path: String,
 }
 
 /// A network interface of the snapshot that opens a different host device on load (Firecracker's
@@ -655,6 +724,8 @@ pub struct SnapshotLoad {
     /// ferry's extension: memory files of `Diff` snapshots, applied in order over
     /// `mem_file_path` (the base).
     pub mem_diff_paths: Vec<String>,
+    /// A new `uds_path` for the snapshot's vsock device.
+    pub vsock_override: Option<VsockOverride>,
 }
 
 impl SnapshotLoadBody {
@@ -702,6 +773,9 @@ impl SnapshotLoadBody {
         for path in &self.mem_diff_paths {
             check_path("mem_diff_paths[]", path)?;
         }
+        if let Some(o) = &self.vsock_override {
+            check_uds_path("vsock_override.uds_path", &o.uds_path)?;
+        }
         Ok(SnapshotLoad {
             snapshot_path: self.snapshot_path,
             mem_file_path,
@@ -713,6 +787,7 @@ impl SnapshotLoadBody {
             network_overrides: self.network_overrides,
             clock_realtime: self.clock_realtime,
             mem_diff_paths: self.mem_diff_paths,
+            vsock_override: self.vsock_override,
         })
     }
 }
@@ -877,6 +952,8 @@ pub struct FullVmConfiguration {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<EntropyDevice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<Vsock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<LoggerConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
@@ -896,6 +973,7 @@ impl FullVmConfiguration {
                 .map(NetworkInterface::from_config)
                 .collect(),
             entropy: config.entropy.as_ref().map(EntropyDevice::from_config),
+            vsock: config.vsock.as_ref().map(Vsock::from_config),
             logger: None,
             metrics: None,
         }

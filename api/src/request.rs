@@ -11,7 +11,7 @@ use crate::migration::{MigrationReceive, MigrationSend};
 use crate::models::{
     ActionBody, ActionType, Drive, DrivePatch, EntropyDevice, LoggerBody, LoggerConfig,
     MachineConfigBody, MachineConfigUpdate, MetricsConfig, NetworkInterface, NetworkInterfacePatch,
-    SnapshotCreate, SnapshotLoad, SnapshotLoadBody, VmState, VmStateBody,
+    SnapshotCreate, SnapshotLoad, SnapshotLoadBody, VmState, VmStateBody, Vsock,
 };
 use crate::validate::check_id;
 
@@ -38,6 +38,8 @@ pub enum ApiRequest {
     PatchNetworkInterface(NetworkInterfacePatch),
     /// `PUT /entropy` (pre-boot): the entropy device; [`EntropyDevice::to_config`].
     PutEntropy(EntropyDevice),
+    /// `PUT /vsock` (pre-boot): the vsock device; [`Vsock::to_config`].
+    PutVsock(Vsock),
     /// `PUT /actions`.
     Action(ActionType),
     /// `PATCH /vm`: pause or resume.
@@ -132,7 +134,6 @@ pub(crate) enum Routed {
 const UNSUPPORTED: &[(&str, &str)] = &[
     ("balloon", "the balloon device"),
     ("mmds", "the microVM metadata service (MMDS)"),
-    ("vsock", "vsock devices"),
     ("hotplug", "hotplug"),
     ("serial", "serial configuration over the API"),
 ];
@@ -265,6 +266,8 @@ pub(crate) fn route(method: &str, path: &str, body: &[u8]) -> Result<Routed, Req
         }
         (["entropy"], "PUT") => R::PutEntropy(checked(body, EntropyDevice::validate)?),
         (["entropy"], _) => return Err(not_allowed("PUT")),
+        (["vsock"], "PUT") => R::PutVsock(checked(body, Vsock::validate)?),
+        (["vsock"], _) => return Err(not_allowed("PUT")),
         (["actions"], "PUT") => R::Action(json::<ActionBody>(body)?.action_type),
         (["actions"], _) => return Err(not_allowed("PUT")),
         (["vm"], "PATCH") => R::PatchVm(json::<VmStateBody>(body)?.state),

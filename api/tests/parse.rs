@@ -64,7 +64,6 @@ fn routes_and_methods() {
         assert_eq!(status("GET", path, ""), 404, "{path}");
     }
     // Firecracker endpoints ferry lacks: a 400 that says so.
-    assert!(bad("PUT", "/vsock", "{}").contains("vsock"));
     assert!(bad("PUT", "/balloon", "{}").contains("balloon"));
     assert!(bad("GET", "/mmds", "").contains("MMDS"));
     // /version is answered by the server itself.
@@ -639,6 +638,7 @@ fn snapshots() {
         network_overrides: vec![],
         clock_realtime: false,
         mem_diff_paths: vec![],
+        vsock_override: None,
     };
     assert_eq!(
         ok(
@@ -690,12 +690,29 @@ fn snapshots() {
         ),
         ApiRequest::SnapshotLoad(_)
     ));
+    let ApiRequest::SnapshotLoad(load) = ok(
+        "PUT",
+        "/snapshot/load",
+        r#"{"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"uds_path": "/v"}}"#,
+    ) else {
+        panic!("not SnapshotLoad");
+    };
+    assert_eq!(
+        load.vsock_override.map(|o| o.uds_path).as_deref(),
+        Some("/v")
+    );
     assert!(bad(
         "PUT",
         "/snapshot/load",
-        r#"{"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"uds_path": "/v"}}"#
+        r#"{"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"uds_path": ""}}"#
     )
-    .contains("vsock"));
+    .contains("vsock_override.uds_path"));
+    assert!(bad(
+        "PUT",
+        "/snapshot/load",
+        r#"{"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"path": "/v"}}"#
+    )
+    .contains("unknown field"));
     assert!(bad("PUT", "/snapshot/load", r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}, {"iface_id": "a", "host_dev_name": "u"}]}"#).contains("twice"));
     assert!(bad("PUT", "/snapshot/load", r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "a", "host_dev_name": "a-name-that-is-too-long"}]}"#).contains("host_dev_name"));
     assert!(bad(
@@ -886,4 +903,58 @@ fn entropy_device_body_and_validation() {
     assert!(bad("PUT", "/entropy", "").contains("empty"));
     assert_eq!(status("GET", "/entropy", ""), 405);
     assert_eq!(status("PATCH", "/entropy", "{}"), 405);
+}
+
+#[test]
+fn vsock_device_body_and_validation() {
+    assert_eq!(
+        ok(
+            "PUT",
+            "/vsock",
+            r#"{"guest_cid": 3, "uds_path": "/run/v.sock"}"#
+        ),
+        ApiRequest::PutVsock(Vsock {
+            guest_cid: 3,
+            uds_path: "/run/v.sock".into(),
+            vsock_id: None,
+        })
+    );
+    // Firecracker's deprecated vsock_id is accepted and has no effect.
+    let ApiRequest::PutVsock(v) = ok(
+        "PUT",
+        "/vsock",
+        r#"{"vsock_id": "1", "guest_cid": 4294967294, "uds_path": "./v.sock"}"#,
+    ) else {
+        panic!("not PutVsock");
+    };
+    assert_eq!(
+        v.to_config(),
+        VsockConfig {
+            guest_cid: u64::from(u32::MAX - 1),
+            uds_path: "./v.sock".into()
+        }
+    );
+    for cid in ["0", "2", "4294967295", "-1", "3.5"] {
+        let body = format!(r#"{{"guest_cid": {cid}, "uds_path": "/v"}}"#);
+        assert_eq!(status("PUT", "/vsock", &body), 400, "cid {cid}");
+    }
+    assert!(bad("PUT", "/vsock", r#"{"guest_cid": 3}"#).contains("uds_path"));
+    assert!(bad("PUT", "/vsock", r#"{"guest_cid": 3, "uds_path": ""}"#).contains("uds_path"));
+    let long = format!(r#"{{"guest_cid": 3, "uds_path": "/{}"}}"#, "a".repeat(107));
+    assert!(bad("PUT", "/vsock", &long).contains("Unix socket"));
+    assert!(bad(
+        "PUT",
+        "/vsock",
+        r#"{"guest_cid": 3, "uds_path": "/v", "x": 1}"#
+    )
+    .contains("unknown field"));
+    assert_eq!(status("GET", "/vsock", ""), 405);
+    // Shown in the configuration.
+    let config = VmConfig {
+        vsock: Some(v.to_config()),
+        ..VmConfig::default()
+    };
+    let shown = serde_json::to_value(FullVmConfiguration::from_config(&config)).unwrap();
+    assert_eq!(shown["vsock"]["guest_cid"], 4294967294u64);
+    assert_eq!(shown["vsock"]["uds_path"], "./v.sock");
 }

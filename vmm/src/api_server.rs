@@ -234,6 +234,10 @@ impl ApiService {
                 }
                 ApiResponse::NoContent
             }
+            ApiRequest::PutVsock(vsock) => {
+                c.config_mut("adding a vsock device after boot")?.vsock = Some(vsock.to_config());
+                ApiResponse::NoContent
+            }
             ApiRequest::PutEntropy(entropy) => {
                 c.config_mut("adding an entropy device after boot")?.entropy =
                     Some(entropy.to_config());
@@ -320,6 +324,12 @@ impl ApiService {
                             ))
                         })?;
                     net.backend = ferry_api::NetBackendConfig::Tap(o.host_dev_name.clone());
+                }
+                if let Some(o) = &req.vsock_override {
+                    let vsock = saved.config.vsock.as_mut().ok_or_else(|| {
+                        VmmError::Config("vsock_override: the snapshot has no vsock device".into())
+                    })?;
+                    vsock.uds_path = o.uds_path.clone();
                 }
                 saved.kvm.advance_clock_to_realtime = req.clock_realtime;
                 let diffs: Vec<&Path> = req.mem_diff_paths.iter().map(Path::new).collect();
@@ -427,6 +437,7 @@ impl ApiService {
                             (n.iface_id.clone(), iface.to_config().backend)
                         })
                         .collect(),
+                    vsock: req.maps.vsock.as_ref().map(|v| v.uds_path.clone()),
                 };
                 let security = Security::for_url(
                     &security_options(req.tls.as_ref(), req.psk_file.as_deref(), req.insecure),

@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ferry_api::{
     BootSource, DriveConfig, EntropyConfig, HugePages, MachineConfig, NetBackendConfig, NetConfig,
-    SerialConfig, SerialOutput, VmConfig,
+    SerialConfig, SerialOutput, VmConfig, VsockConfig,
 };
 use ferry_arch::boot::BootPreference;
 use ferry_arch::cpuid::{feature_by_name, CpuFeature, HIDEABLE_FEATURES};
@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a guest (or restore a snapshot) and run it until it exits.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Wait for one incoming live migration and run the guest it brings.
     Receive(ReceiveArgs),
     /// Control a running ferry through its API socket.
@@ -64,6 +64,9 @@ pub struct ReceiveArgs {
     /// Replace interface ID's backend on this host: ID=macvtap:NAME or ID=tap:NAME.
     #[arg(long = "net-map", value_name = "ID=KIND:NAME", value_parser = parse_net_map)]
     pub net_maps: Vec<(String, NetBackendConfig)>,
+    /// The vsock device's Unix socket path on this host (the incoming uds_path is not used).
+    #[arg(long = "vsock-map", value_name = "PATH", value_parser = parse_vsock_map)]
+    pub vsock_map: Option<String>,
     /// Also admit host resources under PREFIX that the incoming configuration names (repeatable):
     /// a path prefix (resolved; no `..` or symlink escape), an iscsi://HOST:PORT/ URL prefix,
     /// tap:NAME-PREFIX or macvtap:NAME-PREFIX. Default: nothing outside the maps.
@@ -124,6 +127,7 @@ impl ReceiveArgs {
         ReceiveMaps {
             disks: self.disk_maps.iter().cloned().collect(),
             nets: self.net_maps.iter().cloned().collect(),
+            vsock: self.vsock_map.clone(),
         }
     }
 }
@@ -202,6 +206,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "bps=N,ops=N,bps-burst=N,ops-burst=N", num_args = 0..=1,
           require_equals = true, default_missing_value = "", value_parser = parse_entropy)]
     pub entropy: Option<EntropyConfig>,
+    /// A virtio-vsock device: guest CID N (≥ 3); host clients connect to the Unix socket PATH
+    /// (`CONNECT <port>`), guest connections to port P go to `PATH_P`.
+    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock)]
+    pub vsock: Option<VsockConfig>,
     /// With --restore: replace drive ID's host path (as `ferry receive --disk-map`).
     #[arg(long = "disk-map", value_name = "ID=PATH", value_parser = parse_disk_map,
           requires = "restore")]
@@ -210,6 +218,10 @@ pub struct RunArgs {
     #[arg(long = "net-map", value_name = "ID=KIND:NAME", value_parser = parse_net_map,
           requires = "restore")]
     pub net_maps: Vec<(String, NetBackendConfig)>,
+    /// With --restore: the vsock device's Unix socket path (as `ferry receive --vsock-map`).
+    #[arg(long = "vsock-map", value_name = "PATH", value_parser = parse_vsock_map,
+          requires = "restore")]
+    pub vsock_map: Option<String>,
     /// With --restore: admit the snapshot's host resources under PREFIX (as `ferry receive
     /// --allow-path`).
     #[arg(long = "allow-path", value_name = "PREFIX", requires = "restore")]
@@ -233,6 +245,7 @@ impl RunArgs {
         ReceiveMaps {
             disks: self.disk_maps.iter().cloned().collect(),
             nets: self.net_maps.iter().cloned().collect(),
+            vsock: self.vsock_map.clone(),
         }
     }
 
@@ -258,6 +271,7 @@ impl RunArgs {
             nets: with_default_ids(self.nets.clone(), "net", |n| &mut n.iface_id),
             cpu_template: self.cpu_template.clone(),
             entropy: self.entropy.clone(),
+            vsock: self.vsock.clone(),
         };
         let options = BuildOptions {
             boot: match self.boot {
@@ -496,6 +510,39 @@ fn parse_entropy(text: &str) -> Result<EntropyConfig, String> {
     })
 }
 
+/// `--vsock cid=N,uds=PATH`, checked as `PUT /vsock`'s body.
+fn parse_vsock(text: &str) -> Result<VsockConfig, String> {
+    let (mut cid, mut uds) = (None, None);
+    for (key, value) in key_values(text)? {
+        match key {
+            "cid" => cid = Some(parse_number_u64(key, value)?),
+            "uds" => uds = Some(value.to_string()),
+            _ => return Err(format!("unknown vsock option '{key}' (known: cid, uds)")),
+        }
+    }
+    let device = ferry_api::Vsock {
+        guest_cid: cid.ok_or("--vsock needs cid=N")?,
+        uds_path: uds.ok_or("--vsock needs uds=PATH")?,
+        vsock_id: None,
+    };
+    device.validate().map_err(|e| format!("--vsock: {e}"))?;
+    Ok(device.to_config())
+}
+
+fn parse_number_u64(key: &str, value: &str) -> Result<u64, String> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{key}={value}: not a number"));
+    }
+    value
+        .parse()
+        .map_err(|_| format!("{key}={value}: too large"))
+}
+
+fn parse_vsock_map(text: &str) -> Result<String, String> {
+    ferry_api::check_uds_path("--vsock-map", text)?;
+    Ok(text.to_string())
+}
+
 fn check_mac(text: &str) -> Result<(), String> {
     let parts: Vec<&str> = text.split(':').collect();
     let ok = parts.len() == 6
@@ -602,7 +649,7 @@ mod tests {
         let mut argv = vec!["ferry", "run"];
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
-            Command::Run(run) => run,
+            Command::Run(run) => *run,
             _ => panic!("not a run command"),
         })
     }
@@ -817,6 +864,36 @@ mod tests {
             let flag = format!("--entropy={bad}");
             assert!(run_args(&["--kernel", "k", &flag]).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn vsock_flag_and_map() {
+        let (config, _) = run_args(&["--kernel", "k", "--vsock", "cid=3,uds=/run/v.sock"])
+            .unwrap()
+            .to_config(false);
+        assert_eq!(
+            config.vsock,
+            Some(VsockConfig {
+                guest_cid: 3,
+                uds_path: "/run/v.sock".into()
+            })
+        );
+        for bad in [
+            "cid=2,uds=/v",
+            "cid=4294967295,uds=/v",
+            "cid=x,uds=/v",
+            "cid=3",
+            "uds=/v",
+            "cid=3,uds=/v,port=5",
+        ] {
+            assert!(
+                run_args(&["--kernel", "k", "--vsock", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        let args = run_args(&["--restore", "/s", "--vsock-map", "/run/here.sock"]).unwrap();
+        assert_eq!(args.restore_maps().vsock.as_deref(), Some("/run/here.sock"));
+        assert!(run_args(&["--restore", "/s", "--vsock-map", ""]).is_err());
     }
 
     #[test]

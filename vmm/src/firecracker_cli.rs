@@ -339,7 +339,6 @@ pub struct ConfigFile {
 /// Config-file sections for devices ferry does not implement.
 const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
     ("balloon", "the balloon device"),
-    ("vsock", "vsock devices"),
     ("mmds-config", "the microVM metadata service (MMDS)"),
     ("memory-hotplug", "memory hotplug"),
     ("serial", "serial configuration"),
@@ -365,7 +364,7 @@ fn entry_id<'a>(entry: &'a serde_json::Value, field: &str) -> &'a str {
 }
 
 /// Reads Firecracker's JSON configuration (`boot-source`, `machine-config`, `drives`,
-/// `network-interfaces`, `entropy`, `logger`, `metrics`).
+/// `network-interfaces`, `cpu-config`, `entropy`, `vsock`, `logger`, `metrics`).
 pub fn parse_config_file(text: &str) -> Result<ConfigFile, FcError> {
     let bad = |msg: String| FcError::BadConfiguration(format!("config file: {msg}"));
     let value: serde_json::Value =
@@ -442,6 +441,12 @@ pub fn parse_config_file(text: &str) -> Result<ConfigFile, FcError> {
                 };
                 out.vm.entropy = Some(entropy.to_config());
             }
+            "vsock" => {
+                let ApiRequest::PutVsock(vsock) = section(name, "/vsock", body)? else {
+                    return Err(bad("vsock: unexpected request".into()));
+                };
+                out.vm.vsock = Some(vsock.to_config());
+            }
             "logger" => {
                 let ApiRequest::PutLogger(logger) = section(name, "/logger", body)? else {
                     return Err(bad("logger: unexpected request".into()));
@@ -457,7 +462,7 @@ pub fn parse_config_file(text: &str) -> Result<ConfigFile, FcError> {
             other => {
                 return Err(bad(format!(
                     "unknown section '{other}' (known: boot-source, machine-config, drives, \
-                     network-interfaces, cpu-config, entropy, logger, metrics)"
+                     network-interfaces, cpu-config, entropy, vsock, logger, metrics)"
                 )))
             }
         }
@@ -817,6 +822,19 @@ mod tests {
         // Without the section, no entropy device.
         let file = parse_config_file(r#"{"boot-source": {"kernel_image_path": "/k"}}"#).unwrap();
         assert_eq!(file.vm.entropy, None);
+        assert_eq!(file.vm.vsock, None);
+        let file = parse_config_file(
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "vsock": {"vsock_id": "vsock0", "guest_cid": 3, "uds_path": "/run/v.sock"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            file.vm.vsock,
+            Some(ferry_api::VsockConfig {
+                guest_cid: 3,
+                uds_path: "/run/v.sock".into()
+            })
+        );
     }
 
     #[test]
@@ -834,8 +852,8 @@ mod tests {
         let e = err(r#"{"boot-source": {"kernel_image_path": "/k", "bogus": 1}}"#);
         assert!(e.contains("unknown field"), "{e}");
         let e = err(r#"{"boot-source": {"kernel_image_path": "/k"},
-                        "vsock": {"guest_cid": 3, "uds_path": "/v"}}"#);
-        assert!(e.contains("vsock devices"), "{e}");
+                        "vsock": {"guest_cid": 2, "uds_path": "/v"}}"#);
+        assert!(e.contains("vsock") && e.contains("guest_cid"), "{e}");
         let e = err(r#"{"boot-source": {"kernel_image_path": "/k"}, "entropy": {"bogus": 1}}"#);
         assert!(e.contains("entropy") && e.contains("unknown field"), "{e}");
         let e = err(r#"{"boot-source": {"kernel_image_path": "/k"}, "frobnicator": {}}"#);

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Receive(args) => receive(args),
         Command::Ctl(args) => ctl(args),
         Command::Firecracker(args) => return ExitCode::from(firecracker_cli::main(&args.args)),

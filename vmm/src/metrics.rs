@@ -405,6 +405,28 @@ impl FirecrackerMetrics {
                     let object = self.counters("entropy", &named);
                     out.insert("entropy".into(), Value::Object(object));
                 }
+                // Firecracker's `vsock` object, with its names ("rx" towards the guest).
+                crate::virtio_devices::DeviceMetrics::Vsock(m) => {
+                    let named = [
+                        ("rx_packets_count", get(&m.rx_packets)),
+                        ("rx_bytes_count", get(&m.rx_bytes)),
+                        ("tx_packets_count", get(&m.tx_packets)),
+                        ("tx_bytes_count", get(&m.tx_bytes)),
+                        ("conns_added", get(&m.conns_added)),
+                        ("conns_removed", get(&m.conns_removed)),
+                        ("conns_killed", get(&m.conns_killed)),
+                        ("tx_write_fails", get(&m.tx_write_fails)),
+                        ("rx_read_fails", get(&m.rx_read_fails)),
+                        ("rx_queue_event_count", get(&m.rx_queue_events)),
+                        ("tx_queue_event_count", get(&m.tx_queue_events)),
+                        // ferry's own: no Firecracker counter means the same.
+                        ("conns_refused", get(&m.conns_refused)),
+                        ("bad_packets", get(&m.bad_packets)),
+                        ("reset_events", get(&m.reset_events)),
+                    ];
+                    let object = self.counters("vsock", &named);
+                    out.insert("vsock".into(), Value::Object(object));
+                }
             }
         }
         let named: Vec<_> = BLOCK.into_iter().zip(block_total).collect();

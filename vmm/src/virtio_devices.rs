@@ -1,4 +1,4 @@
-//! Attaching virtio-mmio devices (block, net, entropy) to a VM: a window on the MMIO bus, an ioeventfd per
+//! Attaching virtio-mmio devices (block, net, entropy, vsock) to a VM: a window on the MMIO bus, an ioeventfd per
 //! queue (guest kicks never exit to userspace), an irqfd per device, and a `virtio_mmio.device=`
 //! command-line entry. Also the per-device operations the controller needs: save/restore,
 //! quiesce, resize, announce, metrics.
@@ -23,6 +23,7 @@ use ferry_devices::virtio::block::Block;
 use ferry_devices::virtio::mmio::{MmioTransport, MmioTransportState};
 use ferry_devices::virtio::net::Net;
 use ferry_devices::virtio::rng::Rng;
+use ferry_devices::virtio::vsock::Vsock;
 use ferry_devices::virtio::VirtioDevice;
 
 use crate::error::VmmError;
@@ -40,7 +41,11 @@ enum Model {
     Block(Arc<Mutex<Block>>),
     Net(Arc<Mutex<Net>>),
     Rng(Arc<Mutex<Rng>>),
+    Vsock(Arc<Mutex<Vsock>>),
 }
+
+/// The id the vsock device is saved under (at most one, as on Firecracker).
+pub const VSOCK_ID: &str = "vsock";
 
 /// The id the entropy device is saved under (Firecracker's device has none; there is at most one).
 pub const ENTROPY_ID: &str = "entropy";
@@ -50,6 +55,7 @@ pub enum DeviceMetrics {
     Block(String, Arc<ferry_devices::virtio::block::BlockMetrics>),
     Net(String, Arc<ferry_devices::virtio::net::NetMetrics>),
     Rng(Arc<ferry_devices::virtio::rng::RngMetrics>),
+    Vsock(Arc<ferry_devices::virtio::vsock::VsockMetrics>),
 }
 
 /// One attached device.
@@ -82,14 +88,18 @@ pub struct VirtioDevices {
 
 /// Creates every configured virtio device: drives first (the root device, if any, before the
 /// others, so the guest names it `vda` as on Firecracker), then network interfaces, then the
-/// entropy device (last, so adding it never moves the others' windows and interrupts).
+/// entropy device, then the vsock device (the later kinds last, so adding one never moves the
+/// others' windows and interrupts).
 pub fn attach_virtio_devices(
     config: &VmConfig,
     vm: &VmFd,
     memory: &GuestMemory,
     mmio: &mut Bus,
 ) -> Result<VirtioDevices, VmmError> {
-    let count = config.drives.len() + config.nets.len() + usize::from(config.entropy.is_some());
+    let count = config.drives.len()
+        + config.nets.len()
+        + usize::from(config.entropy.is_some())
+        + usize::from(config.vsock.is_some());
     let slots = (VIRTIO_IRQ_LAST - VIRTIO_IRQ_FIRST + 1) as usize;
     if count > slots {
         return Err(VmmError::Config(format!(
@@ -119,6 +129,11 @@ pub fn attach_virtio_devices(
             entropy.rate_limiter.as_ref(),
         ));
         devices.attach(vm, memory, mmio, ENTROPY_ID, Model::Rng(device))?;
+    }
+    if let Some(vsock) = &config.vsock {
+        let device = Vsock::new_shared(vsock.guest_cid, std::path::Path::new(&vsock.uds_path))
+            .map_err(|e| VmmError::Device(format!("vsock device on {}: {e}", vsock.uds_path)))?;
+        devices.attach(vm, memory, mmio, VSOCK_ID, Model::Vsock(device))?;
     }
     Ok(devices)
 }
@@ -195,6 +210,7 @@ impl VirtioDevices {
             Model::Block(b) => b.clone(),
             Model::Net(n) => n.clone(),
             Model::Rng(r) => r.clone(),
+            Model::Vsock(v) => v.clone(),
         };
         let transport = MmioTransport::new(memory.clone(), device)
             .map_err(VmmError::io(format!("virtio transport for '{id}'")))?;
@@ -227,7 +243,7 @@ impl VirtioDevices {
             .iter()
             .filter_map(|d| match &d.model {
                 Model::Net(n) => Some((d.id.clone(), lock(n).mac().to_string())),
-                Model::Block(_) | Model::Rng(_) => None,
+                Model::Block(_) | Model::Rng(_) | Model::Vsock(_) => None,
             })
             .collect()
     }
@@ -246,6 +262,7 @@ impl VirtioDevices {
                     Model::Block(b) => b.clone(),
                     Model::Net(n) => n.clone(),
                     Model::Rng(r) => r.clone(),
+                    Model::Vsock(v) => v.clone(),
                 }
             })
             .collect()
@@ -275,6 +292,7 @@ impl VirtioDevices {
                     Model::Block(b) => serde_json::to_value(lock(b).save_state()),
                     Model::Net(n) => serde_json::to_value(lock(n).save_state()),
                     Model::Rng(r) => serde_json::to_value(lock(r).save_state()),
+                    Model::Vsock(v) => serde_json::to_value(lock(v).save_state()),
                 }
                 .unwrap_or(serde_json::Value::Null);
                 VirtioDeviceSnapshot {
@@ -324,6 +342,15 @@ impl VirtioDevices {
                     let state = serde_json::from_value(saved.model.clone())
                         .map_err(|e| bad(e.to_string()))?;
                     lock(r)
+                        .restore_state(&state)
+                        .map_err(|e| bad(e.to_string()))?;
+                }
+                // Connections are not carried: the guest is told to reset them (see
+                // ferry_devices::virtio::vsock persist).
+                Model::Vsock(v) => {
+                    let state = serde_json::from_value(saved.model.clone())
+                        .map_err(|e| bad(e.to_string()))?;
+                    lock(v)
                         .restore_state(&state)
                         .map_err(|e| bad(e.to_string()))?;
                 }
@@ -430,6 +457,7 @@ impl VirtioDevices {
                 Model::Block(b) => DeviceMetrics::Block(d.id.clone(), lock(b).metrics()),
                 Model::Net(n) => DeviceMetrics::Net(d.id.clone(), lock(n).metrics()),
                 Model::Rng(r) => DeviceMetrics::Rng(lock(r).metrics()),
+                Model::Vsock(v) => DeviceMetrics::Vsock(lock(v).metrics()),
             })
             .collect()
     }
@@ -492,6 +520,33 @@ impl VirtioDevices {
                             value.load(Ordering::Relaxed)
                         );
                     }
+                }
+                Model::Vsock(v) => {
+                    let (m, open) = {
+                        let v = lock(v);
+                        (v.metrics(), v.connection_count())
+                    };
+                    for (name, value) in [
+                        ("rx_packets", &m.rx_packets),
+                        ("rx_bytes", &m.rx_bytes),
+                        ("tx_packets", &m.tx_packets),
+                        ("tx_bytes", &m.tx_bytes),
+                        ("conns_added", &m.conns_added),
+                        ("conns_removed", &m.conns_removed),
+                        ("conns_killed", &m.conns_killed),
+                        ("conns_refused", &m.conns_refused),
+                        ("bad_packets", &m.bad_packets),
+                        ("tx_write_fails", &m.tx_write_fails),
+                        ("rx_read_fails", &m.rx_read_fails),
+                        ("reset_events", &m.reset_events),
+                    ] {
+                        let _ = writeln!(
+                            out,
+                            "ferry_vsock_{name}_total {}",
+                            value.load(Ordering::Relaxed)
+                        );
+                    }
+                    let _ = writeln!(out, "ferry_vsock_connections {open}");
                 }
             }
         }

@@ -5,7 +5,8 @@
 //! * [`mmio::MmioTransport`]: the register file a guest driver programs (a [`crate::bus::BusDevice`]).
 //! * [`VirtioInterrupt`]: interrupt status bits, config generation and the irqfd, shared by the
 //!   transport (which reads/acks them for the guest) and the device (which raises them).
-//! * [`block`]: the virtio-blk device; [`net`]: virtio-net; [`rng`]: virtio-rng (entropy).
+//! * [`block`]: the virtio-blk device; [`net`]: virtio-net; [`rng`]: virtio-rng (entropy);
+//!   [`vsock`]: virtio-vsock with Firecracker's host side (Unix sockets).
 //! * Hot-path ring access shared by devices: [`fastmem`] (guest memory mapped once per pass),
 //!   [`avail`], [`desc`] and [`used`] (the three split-ring parts); `virtio_queue::Queue` keeps
 //!   the ring positions and the notification-suppression writes.
@@ -69,6 +70,7 @@ pub mod rng;
 #[doc(hidden)]
 pub mod testing;
 pub mod used;
+pub mod vsock;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -49,6 +49,10 @@ impl<'a> Cmdline<'a> {
 }
 
 /// Parses an unsigned number: decimal, or hexadecimal with a `0x` prefix.
+fn parse_u32(s: &[u8]) -> Option<u32> {
+    parse_u64(s).and_then(|v| u32::try_from(v).ok())
+}
+
 pub fn parse_u64(s: &[u8]) -> Option<u64> {
     let (digits, radix) = match s {
         [b'0', b'x' | b'X', rest @ ..] => (rest, 16),
@@ -192,6 +196,20 @@ pub struct ProbeConfig {
     /// `probe.rng_rounds=N` (default 1; 0 = until the VM ends): rounds of the rng test, each
     /// after the first reported as `probe: rng: round R ok`.
     pub rng_rounds: u64,
+    /// `probe.vsock_port=P` (default 52): the port the vsock test listens on and echoes.
+    pub vsock_port: u32,
+    /// `probe.vsock_accept=N` (default 1): host connections the vsock test serves to their end
+    /// before it goes on.
+    pub vsock_accept: u64,
+    /// `probe.vsock_connect=Q`: then connect to host port Q, send `vsock_bytes` bytes and
+    /// check that they come back.
+    pub vsock_connect: Option<u32>,
+    /// `probe.vsock_bytes=N` (default 65536, at most 192 KiB): bytes sent on that connection.
+    pub vsock_bytes: u64,
+    /// `probe.vsock_refused=R`: also connect to host port R, which must be refused (RST).
+    pub vsock_refused: Option<u32>,
+    /// `probe.vsock_resets=K` (default 0): transport-reset events to wait for at the end.
+    pub vsock_resets: u64,
     /// `probe.net_ip=A.B.C.D/NN`.
     pub net_ip: Option<([u8; 4], u8)>,
     /// `probe.net_peer=E.F.G.H`.
@@ -229,6 +247,12 @@ impl Default for ProbeConfig {
             blk_change_s: 120,
             rng_kib: 64,
             rng_rounds: 1,
+            vsock_port: 52,
+            vsock_accept: 1,
+            vsock_connect: None,
+            vsock_bytes: 65536,
+            vsock_refused: None,
+            vsock_resets: 0,
             net_ip: None,
             net_peer: None,
             net_count: 5,
@@ -284,6 +308,15 @@ impl ProbeConfig {
                     .map(|k| cfg.rng_kib = k)
                     .is_some(),
                 b"rng_rounds" => parse_u64(value).map(|v| cfg.rng_rounds = v).is_some(),
+                b"vsock_port" => parse_u32(value).map(|v| cfg.vsock_port = v).is_some(),
+                b"vsock_accept" => parse_u64(value).map(|v| cfg.vsock_accept = v).is_some(),
+                b"vsock_connect" => set(&mut cfg.vsock_connect, parse_u32(value)),
+                b"vsock_bytes" => parse_u64(value)
+                    .filter(|v| (1..=192 << 10).contains(v))
+                    .map(|v| cfg.vsock_bytes = v)
+                    .is_some(),
+                b"vsock_refused" => set(&mut cfg.vsock_refused, parse_u32(value)),
+                b"vsock_resets" => parse_u64(value).map(|v| cfg.vsock_resets = v).is_some(),
                 b"net_ip" => set(&mut cfg.net_ip, parse_ipv4_cidr(value)),
                 b"net_peer" => set(&mut cfg.net_peer, parse_ipv4(value)),
                 b"net_count" => parse_u64(value)
@@ -443,6 +476,37 @@ mod tests {
         assert_eq!(cfg.virtio().len(), 2);
         assert_eq!(cfg.virtio()[1].addr, 0xd000_1000);
         assert_eq!(cfg.errors, 0);
+    }
+
+    #[test]
+    fn vsock_keys() {
+        let cfg = ProbeConfig::parse(&Cmdline::new(b""));
+        assert_eq!(
+            (cfg.vsock_port, cfg.vsock_accept, cfg.vsock_connect),
+            (52, 1, None)
+        );
+        let cfg = ProbeConfig::parse(&Cmdline::new(
+            b"probe.vsock_port=7 probe.vsock_accept=32 probe.vsock_connect=9 \
+              probe.vsock_bytes=4096 probe.vsock_refused=10 probe.vsock_resets=1",
+        ));
+        assert_eq!(cfg.errors, 0);
+        assert_eq!(
+            (
+                cfg.vsock_port,
+                cfg.vsock_accept,
+                cfg.vsock_connect,
+                cfg.vsock_bytes
+            ),
+            (7, 32, Some(9), 4096)
+        );
+        assert_eq!((cfg.vsock_refused, cfg.vsock_resets), (Some(10), 1));
+        let cfg = ProbeConfig::parse(&Cmdline::new(
+            b"probe.vsock_port=4294967296 probe.vsock_bytes=0 probe.vsock_bytes=1000000",
+        ));
+        assert_eq!(
+            (cfg.errors, cfg.vsock_port, cfg.vsock_bytes),
+            (3, 52, 65536)
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod pattern;
 pub mod serial_text;
 pub mod tables;
 pub mod virtq;
+pub mod vsock;
 
 /// Guest-physical address of the region the `dirty` test writes: 64 MiB, above the probe image
 /// (loaded at 1 MiB, well under 8 MiB) and anything a VMM places in low memory. The region is

@@ -6,12 +6,16 @@
 //! must not take them on trust: a peer could name the host's own root disk, `/etc/shadow`, or an fd
 //! the destination happens to hold. The rule applied here, before anything is opened:
 //!
-//! * a resource the destination named itself (`--disk-map`, `--net-map`) is used as named;
+//! * a resource the destination named itself (`--disk-map`, `--net-map`, `--vsock-map`) is
+//!   used as named;
 //! * any other resource must fall under one of the destination's `--allow-path` entries — a
 //!   filesystem prefix (compared after resolving `..` and symlinks, and the disk then opened by
 //!   its resolved path so a later symlink swap cannot redirect it), an `iscsi://HOST:PORT/…`
 //!   prefix, or `tap:PREFIX` / `macvtap:PREFIX` for interface names;
-//! * an inherited fd (`fd=N`) from a stream is never admitted: its number means nothing here.
+//! * an inherited fd (`fd=N`) from a stream is never admitted: its number means nothing here;
+//! * the vsock device's `uds_path` is a path ferry creates (and, when a dead socket is left
+//!   there, replaces), and guest connections reach `<uds_path>_P`: its directory must fall under
+//!   an `--allow-path` prefix, and the path is rewritten to its resolved directory.
 //!
 //! Without `--allow-path` nothing outside the maps is admitted. The refusal names the offending
 //! resource so the operator can map or allow it.
@@ -112,7 +116,33 @@ impl Admission {
                 )));
             }
         }
+        if let (Some(vsock), None) = (&mut config.vsock, &maps.vsock) {
+            vsock.uds_path = self.admit_socket_path(&vsock.uds_path).map_err(|why| {
+                refused(format!(
+                    "the vsock device names {why}; map it (--vsock-map PATH) or allow it \
+                     (--allow-path PREFIX)"
+                ))
+            })?;
+        }
         Ok(())
+    }
+
+    /// A socket ferry will create: the file need not exist, its directory must, and must be
+    /// allowed. Returns the path in the resolved directory.
+    fn admit_socket_path(&self, path: &str) -> Result<String, String> {
+        let p = Path::new(path);
+        let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {
+            return Err(format!("{path}, which has no file name"));
+        };
+        if name == ".." || dir.as_os_str().is_empty() {
+            return Err(format!("{path}, which is not an absolute path"));
+        }
+        let dir = self.admit_file(&dir.to_string_lossy())?;
+        Path::new(&dir)
+            .join(name)
+            .into_os_string()
+            .into_string()
+            .map_err(|_| format!("{path}, which is not valid UTF-8"))
     }
 
     fn admit_drive_path(&self, id: &str, path: &str) -> Result<String, VmmError> {
@@ -426,5 +456,47 @@ mod tests {
         Admission::trust_all()
             .admit(&mut c, &ReceiveMaps::default())
             .unwrap();
+    }
+
+    #[test]
+    fn vsock_socket_paths_need_a_map_or_an_allowed_directory() {
+        let dir = Dir::new("vsock");
+        let socks = dir.0.join("socks");
+        std::fs::create_dir(&socks).unwrap();
+        let with_vsock = |path: String| VmConfig {
+            vsock: Some(ferry_api::VsockConfig {
+                guest_cid: 3,
+                uds_path: path,
+            }),
+            ..VmConfig::default()
+        };
+        let inside = format!("{}/v.sock", socks.display());
+        let mut c = with_vsock(inside.clone());
+        let why = refusal(&Admission::default(), &mut c);
+        assert!(why.contains("--vsock-map PATH"), "{why}");
+        let a = allow(&[socks.to_str().unwrap()]);
+        a.admit(&mut c, &ReceiveMaps::default()).unwrap();
+        let resolved = std::fs::canonicalize(&socks).unwrap().join("v.sock");
+        assert_eq!(
+            c.vsock.as_ref().unwrap().uds_path,
+            resolved.to_str().unwrap()
+        );
+        // `..` out of the allowed directory, a relative path, a missing directory.
+        for bad in [
+            format!("{}/../v.sock", socks.display()),
+            format!("{}/..", socks.display()),
+            "v.sock".to_string(),
+            format!("{}/nope/v.sock", socks.display()),
+        ] {
+            let mut c = with_vsock(bad.clone());
+            assert!(a.admit(&mut c, &ReceiveMaps::default()).is_err(), "{bad}");
+        }
+        // A mapped path is the destination's own choice.
+        let mut c = with_vsock("/elsewhere/v.sock".into());
+        let maps = ReceiveMaps {
+            vsock: Some("/run/v.sock".into()),
+            ..ReceiveMaps::default()
+        };
+        Admission::default().admit(&mut c, &maps).unwrap();
     }
 }

@@ -28,6 +28,8 @@ pub struct ReceiveMaps {
     pub disks: HashMap<String, String>,
     /// Interface id → backend on this host.
     pub nets: HashMap<String, NetBackendConfig>,
+    /// The vsock device's `uds_path` on this host (`--vsock-map`).
+    pub vsock: Option<String>,
 }
 
 /// What the receiving ferry needs besides the stream.
@@ -67,6 +69,12 @@ pub fn apply_maps(config: &mut VmConfig, maps: &ReceiveMaps) -> Result<(), VmmEr
         if let Some(backend) = maps.nets.get(&net.iface_id) {
             net.backend = backend.clone();
         }
+    }
+    if let Some(path) = &maps.vsock {
+        let vsock = config.vsock.as_mut().ok_or_else(|| {
+            VmmError::Config("--vsock-map given, but the guest has no vsock device".into())
+        })?;
+        vsock.uds_path = path.clone();
     }
     Ok(())
 }

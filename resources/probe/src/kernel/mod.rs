@@ -14,6 +14,7 @@ mod smp;
 mod tsc;
 mod user;
 mod virtio;
+mod vsock;
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
@@ -234,6 +235,7 @@ extern "C" fn probe_main(protocol: u32, info: u64) -> ! {
             b"blkchange" => blk_change::run(st),
             b"net" => net::run(st),
             b"rng" => rng::run(st),
+            b"vsock" => vsock::run(st),
             b"info" => basic::info(st),
             b"cpuid" => basic::cpuid(),
             b"halt" => basic::halt(),
