@@ -410,9 +410,9 @@ fn firecracker_flags_version_and_refusals() {
         ),
         (
             &firecracker,
-            &["--seccomp-filter", "/f"],
-            1,
-            "not supported",
+            &["--seccomp-filter", "/nonexistent/filter.bpf"],
+            152,
+            "--seccomp-filter /nonexistent/filter.bpf",
         ),
         (&firecracker, &["--level", "loud"], 152, "--level"),
     ];

@@ -19,6 +19,7 @@ pub mod models;
 pub mod request;
 pub mod server;
 mod socket;
+pub mod thread_hook;
 pub mod validate;
 
 use std::path::PathBuf;

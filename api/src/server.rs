@@ -133,7 +133,10 @@ pub fn serve_with(
     let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
         .name("ferry-api".into())
-        .spawn(move || run(listener, handler, thread_stop, options))
+        .spawn(move || {
+            crate::thread_hook::started();
+            run(listener, handler, thread_stop, options)
+        })
         .map_err(ApiError::Thread)?;
     Ok(ApiServerHandle {
         path: socket_path.into(),

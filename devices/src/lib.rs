@@ -13,6 +13,7 @@ pub mod net;
 pub mod persist;
 pub mod rate_limiter;
 pub mod storage;
+pub mod thread_hook;
 pub mod virtio;
 
 /// Guest memory as every device sees it: mmap-backed regions with a dirty bitmap, so that writes a

@@ -466,9 +466,12 @@ impl ApiService {
         let finished = self.finished.clone();
         let wake = self.wake.clone();
         lock(&progress).state = MigrationPhase::Active;
+        // The migration thread's seccomp filter has no openat: open what it reads here.
+        crate::migration::memory::preopen();
         std::thread::Builder::new()
             .name("ferry_migration".into())
             .spawn(move || {
+                crate::seccomp::install_or_abort(crate::seccomp::ThreadKind::MigrationSend);
                 let result = migrate(&controller, &url, &options, &progress);
                 let status = match &result {
                     Ok(summary) => {
@@ -508,6 +511,7 @@ impl ApiService {
         std::thread::Builder::new()
             .name("ferry_receive".into())
             .spawn(move || {
+                crate::seccomp::install_or_abort(crate::seccomp::ThreadKind::MigrationReceive);
                 let result = receive(&url, options);
                 let mut p = lock(&progress);
                 p.total_ms = started.elapsed().as_millis() as u64;

@@ -83,6 +83,10 @@ pub struct ReceiveArgs {
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", value_name = "LEVEL", value_parser = parse_log_level)]
     pub log_level: log::LevelFilter,
+    /// seccomp filters on every thread: on (default: a syscall outside a thread's list kills
+    /// ferry), off, or log (allowed and written to the kernel's audit log, for debugging).
+    #[arg(long, default_value = "on", value_name = "on|off|log")]
+    pub seccomp: crate::seccomp::SeccompLevel,
 }
 
 /// Who may send this ferry a guest (`ferry receive`).
@@ -237,6 +241,10 @@ pub struct RunArgs {
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", value_name = "LEVEL", value_parser = parse_log_level)]
     pub log_level: log::LevelFilter,
+    /// seccomp filters on every thread: on (default: a syscall outside a thread's list kills
+    /// ferry), off, or log (allowed and written to the kernel's audit log, for debugging).
+    #[arg(long, default_value = "on", value_name = "on|off|log")]
+    pub seccomp: crate::seccomp::SeccompLevel,
 }
 
 impl RunArgs {

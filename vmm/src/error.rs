@@ -62,6 +62,8 @@ pub enum VmmError {
         state: &'static str,
         action: &'static str,
     },
+    #[error("{0}")]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("vCPU {0} thread is gone")]
     VcpuGone(u8),
 }

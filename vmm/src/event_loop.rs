@@ -35,9 +35,12 @@ impl EventLoop {
         let endpoint = manager.remote_endpoint();
         let thread = std::thread::Builder::new()
             .name("ferry_devices".into())
-            .spawn(move || loop {
-                if let Err(e) = manager.run() {
-                    log::error!("device event loop: {e:?}");
+            .spawn(move || {
+                crate::seccomp::install_or_abort(crate::seccomp::ThreadKind::Devices);
+                loop {
+                    if let Err(e) = manager.run() {
+                        log::error!("device event loop: {e:?}");
+                    }
                 }
             })
             .map_err(VmmError::io("spawning the device thread"))?;

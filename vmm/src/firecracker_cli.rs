@@ -8,6 +8,7 @@
 //! without the API. The config file's sections go through the API's own request parser, so they
 //! are validated exactly as the same bodies sent over the socket.
 
+use crate::seccomp::{Policy, SeccompLevel};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -78,8 +79,10 @@ pub struct FcArgs {
     pub metrics_path: Option<String>,
     /// Accepted; ferry has no boot-timer device.
     pub boot_timer: bool,
-    /// Accepted; ferry installs no seccomp filters yet.
+    /// No seccomp filters at all (Firecracker's `--no-seccomp`).
     pub no_seccomp: bool,
+    /// Filters from a file compiled by Firecracker's seccompiler-bin instead of ferry's own.
+    pub seccomp_filter: Option<String>,
     /// The API's request body limit (Firecracker's default, 51200, when absent); larger bodies
     /// get 400, as from Firecracker.
     pub http_api_max_payload_size: Option<u64>,
@@ -105,6 +108,7 @@ impl Default for FcArgs {
             metrics_path: None,
             boot_timer: false,
             no_seccomp: false,
+            seccomp_filter: None,
             http_api_max_payload_size: None,
             mmds_size_limit: None,
             start_time_us: None,
@@ -159,8 +163,9 @@ Firecracker-compatible command line of ferry (started as `firecracker` or `ferry
   --show-level, --show-log-origin   add the level / file:line to log lines
   --metrics-path PATH               write Firecracker's JSON metrics lines to this file or FIFO
   --boot-timer                      accepted, no effect (ferry has no boot-timer device)
-  --no-seccomp                      accepted, no effect (ferry installs no seccomp filters yet)
-  --seccomp-filter FILE             refused: custom seccomp filters are not supported yet
+  --no-seccomp                      no seccomp filters (default: ferry's per-thread filters)
+  --seccomp-filter FILE             filters compiled by Firecracker's seccompiler-bin (categories
+                                    vmm, api, vcpu) instead of ferry's own
   --http-api-max-payload-size N     request body limit in bytes (default 51200); larger: 400
   --mmds-size-limit N               accepted, no effect (ferry has no MMDS)
   --start-time-us N, --start-time-cpu-us N, --parent-cpu-time-us N
@@ -280,13 +285,6 @@ pub fn parse(args: &[String]) -> Result<Invocation, FcError> {
     if switch("no-api") && value("config-file").is_none() {
         return Err(FcError::Usage("--no-api requires --config-file".into()));
     }
-    if value("seccomp-filter").is_some() {
-        return Err(FcError::Unsupported(
-            "--seccomp-filter: custom seccomp filters are not supported by ferry yet (ferry \
-             installs no seccomp filters; --no-seccomp is accepted)"
-                .into(),
-        ));
-    }
     if value("metadata").is_some() {
         return Err(FcError::Unsupported(
             "--metadata: ferry does not implement the microVM metadata service (MMDS)".into(),
@@ -319,6 +317,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, FcError> {
     fc.metrics_path = value("metrics-path");
     fc.boot_timer = switch("boot-timer");
     fc.no_seccomp = switch("no-seccomp");
+    fc.seccomp_filter = value("seccomp-filter");
     let number = |name: &str| value(name).map(|v| parse_number(name, &v)).transpose();
     fc.http_api_max_payload_size = number("http-api-max-payload-size")?;
     fc.mmds_size_limit = number("mmds-size-limit")?;
@@ -523,7 +522,23 @@ fn describe_snapshot(path: &str) -> Result<String, FcError> {
     Ok(snapshot_version(state.version))
 }
 
+/// The seccomp policy the flags ask for; a filter file is read (and checked) here.
+fn seccomp_policy(fc: &FcArgs) -> Result<Policy, FcError> {
+    if fc.no_seccomp {
+        return Ok(Policy::Off);
+    }
+    match &fc.seccomp_filter {
+        Some(path) => crate::seccomp::firecracker::load(path)
+            .map(Policy::Custom)
+            .map_err(|e| FcError::BadConfiguration(e.to_string())),
+        None => Ok(SeccompLevel::On.policy()),
+    }
+}
+
 fn run(fc: &FcArgs) -> Result<u8, FcError> {
+    // Before the log file, the config file or the API socket is opened: every thread runs
+    // filtered.
+    crate::seccomp::init(seccomp_policy(fc)?).map_err(VmmError::from)?;
     crate::logger::init(
         fc.level
             .map(crate::logger::level_filter)
@@ -731,9 +746,6 @@ mod tests {
         assert_eq!(code(&["--start-time-us", "soon"]), EXIT_ARG_PARSING);
         assert_eq!(code(&["--version=1"]), EXIT_ARG_PARSING);
         assert_eq!(code(&["--level", "loud"]), EXIT_BAD_CONFIGURATION);
-        let err = parse(&args(&["--seccomp-filter", "/f"])).unwrap_err();
-        assert_eq!(err.exit_code(), EXIT_GENERIC);
-        assert!(err.to_string().contains("not supported"), "{err}");
         assert_eq!(
             code(&["--seccomp-filter", "/f", "--no-seccomp"]),
             EXIT_ARG_PARSING

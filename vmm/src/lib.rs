@@ -21,6 +21,7 @@ pub mod memory;
 pub mod metrics;
 pub mod migration;
 pub mod rate_limit;
+pub mod seccomp;
 pub mod sink;
 pub mod snapshot;
 pub mod vcpu;

@@ -18,7 +18,7 @@ use ferry_vmm::firecracker_cli;
 use ferry_vmm::migration::admission::Admission;
 use ferry_vmm::migration::destination::{apply_maps, receive as receive_migration, ReceiveOptions};
 use ferry_vmm::migration::Security;
-use ferry_vmm::{snapshot, VmmError};
+use ferry_vmm::{seccomp, snapshot, VmmError};
 
 fn main() -> ExitCode {
     // Started as `firecracker` (a symlink): Firecracker's command line.
@@ -60,6 +60,8 @@ fn init_logging(level: log::LevelFilter) {
 
 fn run(args: RunArgs) -> Result<u8, VmmError> {
     init_logging(args.log_level);
+    // Before anything is opened or built: every thread from here on runs filtered.
+    seccomp::init(args.seccomp.policy())?;
     let (config, options) = args.to_config(std::io::stdin().is_terminal());
     let raw_terminal = if config.serial.stdin {
         RawTerminal::enable()
@@ -134,6 +136,8 @@ fn exit_status(status: i32) -> u8 {
 
 fn receive(args: ReceiveArgs) -> Result<u8, VmmError> {
     init_logging(args.log_level);
+    // Before listening: the peer's bytes are parsed under the filter.
+    seccomp::init(args.seccomp.policy())?;
     let serial = serial_config(args.serial.as_ref(), std::io::stdin().is_terminal());
     // Credentials and the allow-list are read before listening: a bad file fails at once.
     let security =

@@ -53,6 +53,7 @@ impl Sink {
         std::thread::Builder::new()
             .name(format!("ferry_{what}"))
             .spawn(move || {
+                crate::seccomp::install_or_abort(crate::seccomp::ThreadKind::Sink);
                 for line in queue {
                     if write_all(&file, &line).is_err() {
                         thread_failed.fetch_add(1, Ordering::Relaxed);

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
+use std::sync::OnceLock;
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
@@ -26,8 +27,18 @@ const SEND_BUFFER: usize = 2 << 20;
 
 /// Host memory residency from /proc/self/pagemap.
 pub struct Residency {
-    pagemap: Option<File>,
+    pagemap: Option<&'static File>,
     entries: Vec<u8>,
+}
+
+/// /proc/self/pagemap, opened once by the first caller. [`preopen`] makes that the main thread,
+/// before it spawns a migration thread, whose seccomp filter has no `openat`.
+static PAGEMAP: OnceLock<Option<File>> = OnceLock::new();
+
+/// Opens /proc/self/pagemap for later [`Residency::open`] calls on threads that cannot open
+/// files (the migration thread).
+pub fn preopen() {
+    PAGEMAP.get_or_init(|| File::open("/proc/self/pagemap").ok());
 }
 
 const PAGEMAP_PRESENT: u64 = 1 << 63;
@@ -37,7 +48,9 @@ impl Residency {
     /// Without pagemap access every page counts as possibly non-zero (correct, only slower).
     pub fn open() -> Self {
         Self {
-            pagemap: File::open("/proc/self/pagemap").ok(),
+            pagemap: PAGEMAP
+                .get_or_init(|| File::open("/proc/self/pagemap").ok())
+                .as_ref(),
             entries: Vec::new(),
         }
     }

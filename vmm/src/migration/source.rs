@@ -351,6 +351,7 @@ impl Throttle {
             self.thread = std::thread::Builder::new()
                 .name("ferry_throttle".into())
                 .spawn(move || {
+                    crate::seccomp::install_or_abort(crate::seccomp::ThreadKind::Throttle);
                     while !stop.load(Ordering::Relaxed) {
                         let p = percent.load(Ordering::Relaxed);
                         let held = THROTTLE_PERIOD * p / 100;

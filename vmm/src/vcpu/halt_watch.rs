@@ -87,7 +87,10 @@ impl HaltWatch {
         let (stop, stopped) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("ferry_haltwatch".into())
-            .spawn(move || watch(&vcpus, &exit, &stopped))?;
+            .spawn(move || {
+                crate::seccomp::install_or_abort(crate::seccomp::ThreadKind::HaltWatch);
+                watch(&vcpus, &exit, &stopped)
+            })?;
         Ok(Self {
             stop: Some(stop),
             thread: Some(thread),

@@ -129,7 +129,10 @@ impl Vcpu {
         let index = self.index;
         let thread = std::thread::Builder::new()
             .name(format!("ferry_vcpu{index}"))
-            .spawn(move || self.run(ctx, rx, start_paused))
+            .spawn(move || {
+                crate::seccomp::install_or_abort(crate::seccomp::ThreadKind::Vcpu);
+                self.run(ctx, rx, start_paused)
+            })
             .map_err(VmmError::io(format!("spawning vCPU {index} thread")))?;
         Ok(VcpuHandle {
             index,

@@ -35,11 +35,14 @@ impl Session {
             portal: self.portal.clone(),
             source: e,
         };
-        let addrs: Vec<_> = self
-            .portal
-            .to_socket_addrs()
-            .map_err(unreachable)?
-            .collect();
+        if self.portal_addrs.is_empty() {
+            self.portal_addrs = self
+                .portal
+                .to_socket_addrs()
+                .map_err(unreachable)?
+                .collect();
+        }
+        let addrs = self.portal_addrs.clone();
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address for portal");
         let mut stream = None;
         for a in addrs {

@@ -125,8 +125,11 @@ pub fn open(
         }
     };
     let thread = std::thread::Builder::new()
-        .name(format!("iscsi-{}", u.lun))
-        .spawn(move || s.run())
+        .name(format!("ferry_iscsi{}", u.lun))
+        .spawn(move || {
+            crate::thread_hook::started();
+            s.run()
+        })
         .map_err(io)?;
     Ok(IscsiDisk::new(shared, thread, info, u.timeout))
 }

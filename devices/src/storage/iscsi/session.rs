@@ -137,6 +137,10 @@ pub type AdminResult = Result<usize, (u8, Option<Sense>)>;
 pub struct Session {
     pub shared: Arc<Shared>,
     pub portal: String,
+    /// The portal's addresses, resolved by the first connect (on the thread that opens the
+    /// disk). Reconnects reuse them: the session thread's seccomp filter cannot open the files
+    /// name resolution reads.
+    pub portal_addrs: Vec<std::net::SocketAddr>,
     pub login_cfg: LoginConfig,
     pub lun: u64,
     /// How long requests wait for a lost connection before failing.
@@ -259,6 +263,7 @@ impl Session {
         Session {
             shared,
             portal,
+            portal_addrs: Vec::new(),
             login_cfg,
             lun,
             timeout,
