@@ -60,6 +60,10 @@ pub fn runtime() -> Vec<Allow> {
             vec![F_GETFD as u64],
             "std checks an fd is open before closing it (debug builds)",
         ),
+        any(
+            SYS_restart_syscall,
+            "the kernel restarts a sleep or poll a signal (the vCPU kick) interrupted",
+        ),
         any(SYS_exit, "a thread ends"),
         any(
             SYS_exit_group,

@@ -8,7 +8,7 @@
 
 use super::common;
 use super::ioctls;
-use super::rules::{any, arg_in, ioctl_in, Allow};
+use super::rules::{any, arg_in, ioctl_in, Allow, When};
 
 pub fn allows() -> Vec<Allow> {
     use libc::*;
@@ -74,6 +74,16 @@ pub fn allows() -> Vec<Allow> {
         ),
         any(SYS_unlink, "removing a stale API or migration socket"),
         any(SYS_unlinkat, "removing a stale API or migration socket"),
+        Allow {
+            nr: SYS_mknodat,
+            when: When::Masked(2, S_IFMT as u64, S_IFCHR as u64),
+            why: "a macvtap's /dev/tapN node when no udev made it (character devices only)",
+        },
+        Allow {
+            nr: SYS_mknod,
+            when: When::Masked(1, S_IFMT as u64, S_IFCHR as u64),
+            why: "a macvtap's /dev/tapN node (older libc paths; character devices only)",
+        },
         any(SYS_chmod, "the migration Unix socket is made 0600"),
         any(SYS_fchmod, "the migration Unix socket is made 0600"),
         any(SYS_fchmodat, "the migration Unix socket is made 0600"),

@@ -63,6 +63,11 @@ pub fn allows() -> Vec<Allow> {
             SYS_shutdown,
             "a swapped-out iSCSI backend closes its connection",
         ),
+        any(
+            SYS_poll,
+            "draining a disk's in-flight requests waits for its completion eventfd",
+        ),
+        any(SYS_ppoll, "the same wait through ppoll"),
         any(SYS_fstat, "a swapped drive's backend checks its file"),
         any(SYS_lseek, "backends that find a file's size by seeking"),
         ioctl_in(

@@ -302,6 +302,12 @@ fn rules_for(w: &rules::When) -> Result<Vec<SeccompRule>, seccompiler::BackendEr
             SeccompCmpOp::MaskedEq(*bits),
             *bits,
         )?]),
+        When::Masked(i, mask, value) => Ok(vec![one(
+            *i,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(*mask),
+            *value,
+        )?]),
     }
 }
 

@@ -15,6 +15,8 @@ pub enum When {
     Arg64In(u8, Vec<u64>),
     /// Argument `index` has every bit of `bits` set (clone flags).
     HasBits(u8, u64),
+    /// Argument `index` masked with `.1` equals `.2` (a file type in a mode).
+    Masked(u8, u64, u64),
 }
 
 /// One allowed syscall.
