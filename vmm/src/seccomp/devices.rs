@@ -5,7 +5,7 @@
 
 use super::common;
 use super::ioctls;
-use super::rules::{any, ioctl_in, Allow};
+use super::rules::{any, arg_in, ioctl_in, Allow};
 
 pub fn allows() -> Vec<Allow> {
     use libc::*;
@@ -68,11 +68,28 @@ pub fn allows() -> Vec<Allow> {
             "draining a disk's in-flight requests waits for its completion eventfd",
         ),
         any(SYS_ppoll, "the same wait through ppoll"),
+        arg_in(
+            SYS_socket,
+            0,
+            vec![AF_UNIX as u64],
+            "vsock: a guest connection to <uds_path>_PORT is a new Unix socket (Unix only)",
+        ),
+        any(SYS_connect, "vsock: connecting to <uds_path>_PORT"),
+        any(SYS_accept4, "vsock: a host client connecting to uds_path"),
+        any(SYS_accept, "vsock: a host client connecting to uds_path"),
+        any(SYS_getsockopt, "vsock: socket errors"),
+        any(SYS_fcntl, "vsock: non-blocking host sockets"),
+        any(SYS_recvmsg, "vsock: host socket reads"),
+        any(SYS_sendmsg, "vsock: host socket writes"),
         any(SYS_fstat, "a swapped drive's backend checks its file"),
         any(SYS_lseek, "backends that find a file's size by seeking"),
         ioctl_in(
             ioctls::blk_io(),
             "virtio-blk discard and write-zeroes on block devices",
+        ),
+        ioctl_in(
+            vec![FIONBIO as u64],
+            "vsock: std's set_nonblocking on an accepted host connection",
         ),
         ioctl_in(
             ioctls::tap_offload(),
