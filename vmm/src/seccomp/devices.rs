@@ -88,7 +88,7 @@ pub fn allows() -> Vec<Allow> {
             "virtio-blk discard and write-zeroes on block devices",
         ),
         ioctl_in(
-            vec![FIONBIO as u64],
+            vec![FIONBIO],
             "vsock: std's set_nonblocking on an accepted host connection",
         ),
         ioctl_in(

@@ -159,21 +159,21 @@ pub fn kvm_vcpu() -> Vec<u64> {
 /// Opening and configuring a tap or macvtap, and the interface flags/MTU on a helper socket.
 pub fn tap_setup() -> Vec<u64> {
     vec![
-        libc::TUNSETIFF as u64,
-        libc::TUNGETIFF as u64,
-        libc::TUNSETVNETHDRSZ as u64,
-        libc::TUNSETOFFLOAD as u64,
-        libc::TUNSETQUEUE as u64,
-        libc::SIOCGIFFLAGS as u64,
-        libc::SIOCSIFFLAGS as u64,
-        libc::SIOCSIFMTU as u64,
+        libc::TUNSETIFF,
+        libc::TUNGETIFF,
+        libc::TUNSETVNETHDRSZ,
+        libc::TUNSETOFFLOAD,
+        libc::TUNSETQUEUE,
+        libc::SIOCGIFFLAGS,
+        libc::SIOCSIFFLAGS,
+        libc::SIOCSIFMTU,
     ]
 }
 
 /// The one tap ioctl a running guest can cause: the offloads follow the features the driver
 /// accepted (on the vCPU thread that writes the status register, or the device thread).
 pub fn tap_offload() -> Vec<u64> {
-    vec![libc::TUNSETOFFLOAD as u64]
+    vec![libc::TUNSETOFFLOAD]
 }
 
 /// Block devices: size and sector size when opened or resized.
@@ -190,13 +190,13 @@ pub fn blk_io() -> Vec<u64> {
 /// non-blocking/close-on-exec switches std and tokio use on sockets.
 pub fn tty_and_fd() -> Vec<u64> {
     vec![
-        libc::TCGETS as u64,
-        libc::TCSETS as u64,
-        libc::TCSETSW as u64,
-        libc::TCSETSF as u64,
-        libc::TIOCGWINSZ as u64,
-        libc::FIONBIO as u64,
-        libc::FIOCLEX as u64,
-        libc::FIONCLEX as u64,
+        libc::TCGETS,
+        libc::TCSETS,
+        libc::TCSETSW,
+        libc::TCSETSF,
+        libc::TIOCGWINSZ,
+        libc::FIONBIO,
+        libc::FIOCLEX,
+        libc::FIONCLEX,
     ]
 }

@@ -30,10 +30,7 @@ pub fn allows() -> Vec<Allow> {
         any(SYS_sendto, "PDUs"),
         any(SYS_sendmsg, "PDUs with data segments"),
         any(SYS_shutdown, "ending a connection"),
-        ioctl_in(
-            vec![FIONBIO as u64],
-            "std's set_nonblocking on the connection",
-        ),
+        ioctl_in(vec![FIONBIO], "std's set_nonblocking on the connection"),
     ]);
     v
 }
