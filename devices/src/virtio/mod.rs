@@ -6,7 +6,8 @@
 //! * [`VirtioInterrupt`]: interrupt status bits, config generation and the irqfd, shared by the
 //!   transport (which reads/acks them for the guest) and the device (which raises them).
 //! * [`block`]: the virtio-blk device; [`net`]: virtio-net; [`rng`]: virtio-rng (entropy);
-//!   [`vsock`]: virtio-vsock with Firecracker's host side (Unix sockets).
+//!   [`vsock`]: virtio-vsock with Firecracker's host side (Unix sockets);
+//!   [`balloon`]: virtio-balloon.
 //! * Hot-path ring access shared by devices: [`fastmem`] (guest memory mapped once per pass),
 //!   [`avail`], [`desc`] and [`used`] (the three split-ring parts); `virtio_queue::Queue` keeps
 //!   the ring positions and the notification-suppression writes.
@@ -61,6 +62,7 @@
 //! driver error calls [`VirtioInterrupt::set_needs_reset`] (status bit DEVICE_NEEDS_RESET).
 
 pub mod avail;
+pub mod balloon;
 pub mod block;
 pub mod desc;
 pub mod fastmem;

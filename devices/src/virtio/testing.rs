@@ -208,6 +208,16 @@ fn reg_r(t: &mut MmioTransport, off: u64) -> u32 {
 /// `event_idx`), configures queue 0 on `drv`'s rings and sets DRIVER_OK. Panics if the
 /// transport refuses a step.
 pub fn drive_to_driver_ok(t: &mut MmioTransport, drv: &TestDriver, event_idx: bool) {
+    drive_queues_to_driver_ok(t, &[Some(drv)], event_idx);
+}
+
+/// [`drive_to_driver_ok`] with one driver ring per queue, in index order; `None` leaves that
+/// queue not ready (a queue whose feature the driver did not use).
+pub fn drive_queues_to_driver_ok(
+    t: &mut MmioTransport,
+    drvs: &[Option<&TestDriver>],
+    event_idx: bool,
+) {
     const EVENT_IDX: u64 = 1 << 29;
     reg_w(t, 0x70, 1);
     reg_w(t, 0x70, 3);
@@ -225,16 +235,19 @@ pub fn drive_to_driver_ok(t: &mut MmioTransport, drv: &TestDriver, event_idx: bo
     }
     reg_w(t, 0x70, 0xb);
     assert_eq!(reg_r(t, 0x70), 0xb, "FEATURES_OK refused");
-    reg_w(t, 0x30, 0);
-    reg_w(t, 0x38, u32::from(drv.size));
-    reg_w(t, 0x80, drv.desc.0 as u32);
-    reg_w(t, 0x84, (drv.desc.0 >> 32) as u32);
-    reg_w(t, 0x90, drv.avail.0 as u32);
-    reg_w(t, 0x94, (drv.avail.0 >> 32) as u32);
-    reg_w(t, 0xa0, drv.used.0 as u32);
-    reg_w(t, 0xa4, (drv.used.0 >> 32) as u32);
-    reg_w(t, 0x44, 1);
-    assert_eq!(reg_r(t, 0x44), 1, "queue refused");
+    for (i, drv) in drvs.iter().enumerate() {
+        let Some(drv) = drv else { continue };
+        reg_w(t, 0x30, i as u32);
+        reg_w(t, 0x38, u32::from(drv.size));
+        reg_w(t, 0x80, drv.desc.0 as u32);
+        reg_w(t, 0x84, (drv.desc.0 >> 32) as u32);
+        reg_w(t, 0x90, drv.avail.0 as u32);
+        reg_w(t, 0x94, (drv.avail.0 >> 32) as u32);
+        reg_w(t, 0xa0, drv.used.0 as u32);
+        reg_w(t, 0xa4, (drv.used.0 >> 32) as u32);
+        reg_w(t, 0x44, 1);
+        assert_eq!(reg_r(t, 0x44), 1, "queue {i} refused");
+    }
     reg_w(t, 0x70, 0xf);
     assert_eq!(reg_r(t, 0x70), 0xf, "DRIVER_OK refused");
 }
