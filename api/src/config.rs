@@ -164,6 +164,23 @@ pub struct VsockConfig {
     pub uds_path: String,
 }
 
+/// The balloon device (`--balloon`, `PUT /balloon`): a virtio-balloon the host inflates to take
+/// guest memory back. At most one per VM, as on Firecracker. `amount_mib` follows `PATCH
+/// /balloon`, so a snapshot or migration carries the current target.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonConfig {
+    /// Target size in MiB (at most the guest's memory).
+    pub amount_mib: u32,
+    /// Let the guest take pages back from the balloon when it runs out of memory.
+    pub deflate_on_oom: bool,
+    /// Statistics polling interval in seconds; 0: no statistics queue.
+    #[serde(default)]
+    pub stats_polling_interval_s: u16,
+    /// Free page reporting (VIRTIO_BALLOON_F_REPORTING): the guest hands free page blocks over.
+    #[serde(default)]
+    pub free_page_reporting: bool,
+}
+
 fn one() -> u16 {
     1
 }
@@ -199,6 +216,9 @@ pub struct VmConfig {
     /// The vsock device, when configured (absent in older snapshots: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
+    /// The balloon device, when configured (absent in older snapshots: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonConfig>,
 }
 
 impl VmConfig {

@@ -8,6 +8,7 @@
 //!   [`ChannelHandler`]) and answers each validated [`ApiRequest`] with an [`ApiResponse`].
 //! - [`run_ctl`] is `ferry ctl`: a client of that API ([`ctl::CtlArgs`] is its clap front end).
 
+mod balloon;
 pub mod client;
 pub mod config;
 pub mod cpu_template;
@@ -24,6 +25,7 @@ pub mod validate;
 
 use std::path::PathBuf;
 
+pub use balloon::*;
 pub use config::*;
 pub use cpu_template::{CpuTemplate, CpuidModifier, CpuidRegister, KvmCapability, MsrModifier};
 pub use ctl::{run_ctl, CtlArgs, CtlCommand, CtlError, MigrationSecurityArgs};

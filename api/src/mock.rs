@@ -175,6 +175,70 @@ fn handle(s: &mut State, request: ApiRequest) -> Result<ApiResponse, ApiResponse
             s.config.entropy = Some(entropy.to_config());
             ApiResponse::NoContent
         }
+        R::GetBalloon => {
+            let config = s
+                .config
+                .balloon
+                .as_ref()
+                .ok_or_else(|| ApiResponse::bad_request("no balloon device is configured"))?;
+            ApiResponse::json(&crate::BalloonInfo {
+                config: crate::Balloon::from_config(config),
+                actual_mib: 0,
+            })
+        }
+        R::PutBalloon(balloon) => {
+            pre_boot(s, "configuring the balloon")?;
+            if u64::from(balloon.amount_mib) > s.config.machine.mem_size_mib {
+                return Err(ApiResponse::bad_request("balloon target larger than guest memory"));
+            }
+            s.config.balloon = Some(balloon.to_config());
+            ApiResponse::NoContent
+        }
+        R::PatchBalloon(update) => {
+            post_boot(s, "changing the balloon")?;
+            let mem = s.config.machine.mem_size_mib;
+            let balloon = s
+                .config
+                .balloon
+                .as_mut()
+                .ok_or_else(|| ApiResponse::bad_request("no balloon device is configured"))?;
+            if u64::from(update.amount_mib) > mem {
+                return Err(ApiResponse::bad_request("balloon target larger than guest memory"));
+            }
+            balloon.amount_mib = update.amount_mib;
+            ApiResponse::NoContent
+        }
+        R::GetBalloonStats => {
+            post_boot(s, "reading balloon statistics")?;
+            let balloon = s
+                .config
+                .balloon
+                .as_ref()
+                .filter(|b| b.stats_polling_interval_s > 0)
+                .ok_or_else(|| ApiResponse::bad_request("balloon statistics are not enabled"))?;
+            let target_pages = balloon.amount_mib.saturating_mul(256);
+            ApiResponse::json(&crate::BalloonStats {
+                target_pages,
+                target_mib: balloon.amount_mib,
+                ..Default::default()
+            })
+        }
+        R::PatchBalloonStats(update) => {
+            post_boot(s, "changing balloon statistics")?;
+            let balloon = s
+                .config
+                .balloon
+                .as_mut()
+                .ok_or_else(|| ApiResponse::bad_request("no balloon device is configured"))?;
+            let (old, new) = (balloon.stats_polling_interval_s, update.stats_polling_interval_s);
+            if old != new && (old == 0 || new == 0) {
+                return Err(ApiResponse::bad_request(
+                    "statistics cannot be enabled or disabled after boot",
+                ));
+            }
+            balloon.stats_polling_interval_s = new;
+            ApiResponse::NoContent
+        }
         R::Action(ActionType::InstanceStart) => {
             pre_boot(s, "InstanceStart")?;
             if s.config.boot.is_none() {

@@ -953,6 +953,7 @@ pub struct FullVmConfiguration {
     pub entropy: Option<EntropyDevice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<Vsock>,
+    pub balloon: Option<crate::Balloon>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<LoggerConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -974,6 +975,7 @@ impl FullVmConfiguration {
                 .collect(),
             entropy: config.entropy.as_ref().map(EntropyDevice::from_config),
             vsock: config.vsock.as_ref().map(Vsock::from_config),
+            balloon: config.balloon.as_ref().map(crate::Balloon::from_config),
             logger: None,
             metrics: None,
         }

@@ -40,6 +40,16 @@ pub enum ApiRequest {
     PutEntropy(EntropyDevice),
     /// `PUT /vsock` (pre-boot): the vsock device; [`Vsock::to_config`].
     PutVsock(Vsock),
+    /// `GET /balloon`: answer with [`crate::BalloonInfo`] (400 without a balloon).
+    GetBalloon,
+    /// `PUT /balloon` (pre-boot): the balloon device; [`crate::Balloon::to_config`].
+    PutBalloon(crate::Balloon),
+    /// `PATCH /balloon` (post-boot): a new target.
+    PatchBalloon(crate::BalloonUpdate),
+    /// `GET /balloon/statistics` (post-boot, statistics enabled): [`crate::BalloonStats`].
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics` (post-boot): a new polling interval.
+    PatchBalloonStats(crate::BalloonStatsUpdate),
     /// `PUT /actions`.
     Action(ActionType),
     /// `PATCH /vm`: pause or resume.
@@ -132,7 +142,6 @@ pub(crate) enum Routed {
 
 /// Firecracker endpoints ferry does not implement: a clear 400 instead of a bare 404.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("balloon", "the balloon device"),
     ("mmds", "the microVM metadata service (MMDS)"),
     ("hotplug", "hotplug"),
     ("serial", "serial configuration over the API"),
@@ -268,6 +277,18 @@ pub(crate) fn route(method: &str, path: &str, body: &[u8]) -> Result<Routed, Req
         (["entropy"], _) => return Err(not_allowed("PUT")),
         (["vsock"], "PUT") => R::PutVsock(checked(body, Vsock::validate)?),
         (["vsock"], _) => return Err(not_allowed("PUT")),
+        (["balloon"], "GET") => R::GetBalloon,
+        (["balloon"], "PUT") => R::PutBalloon(checked(body, crate::Balloon::validate)?),
+        (["balloon"], "PATCH") => R::PatchBalloon(json(body)?),
+        (["balloon"], _) => return Err(not_allowed("GET, PUT, PATCH")),
+        (["balloon", "statistics"], "GET") => R::GetBalloonStats,
+        (["balloon", "statistics"], "PATCH") => R::PatchBalloonStats(json(body)?),
+        (["balloon", "statistics"], _) => return Err(not_allowed("GET, PATCH")),
+        (["balloon", "hinting", ..], _) => {
+            return Err(bad(
+                "ferry does not implement free page hinting (/balloon/hinting)",
+            ))
+        }
         (["actions"], "PUT") => R::Action(json::<ActionBody>(body)?.action_type),
         (["actions"], _) => return Err(not_allowed("PUT")),
         (["vm"], "PATCH") => R::PatchVm(json::<VmStateBody>(body)?.state),

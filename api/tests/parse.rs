@@ -64,7 +64,7 @@ fn routes_and_methods() {
         assert_eq!(status("GET", path, ""), 404, "{path}");
     }
     // Firecracker endpoints ferry lacks: a 400 that says so.
-    assert!(bad("PUT", "/balloon", "{}").contains("balloon"));
+    assert!(bad("PATCH", "/balloon/hinting/start", "{}").contains("hinting"));
     assert!(bad("GET", "/mmds", "").contains("MMDS"));
     // /version is answered by the server itself.
     assert_eq!(status("GET", "/version", ""), 404);

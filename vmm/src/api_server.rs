@@ -243,6 +243,20 @@ impl ApiService {
                     Some(entropy.to_config());
                 ApiResponse::NoContent
             }
+            ApiRequest::GetBalloon => ApiResponse::json(&crate::balloon::get(&c)?),
+            ApiRequest::PutBalloon(balloon) => {
+                crate::balloon::put(&mut c, &balloon)?;
+                ApiResponse::NoContent
+            }
+            ApiRequest::PatchBalloon(update) => {
+                crate::balloon::patch(&mut c, &update)?;
+                ApiResponse::NoContent
+            }
+            ApiRequest::GetBalloonStats => ApiResponse::json(&crate::balloon::stats(&c)?),
+            ApiRequest::PatchBalloonStats(update) => {
+                crate::balloon::patch_stats(&mut c, &update)?;
+                ApiResponse::NoContent
+            }
             ApiRequest::PatchNetworkInterface(patch) => {
                 c.patch_net_rate_limiters(&patch)?;
                 ApiResponse::NoContent

@@ -4,8 +4,8 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ferry_api::{
-    BootSource, DriveConfig, EntropyConfig, HugePages, MachineConfig, NetBackendConfig, NetConfig,
-    SerialConfig, SerialOutput, VmConfig, VsockConfig,
+    BalloonConfig, BootSource, DriveConfig, EntropyConfig, HugePages, MachineConfig,
+    NetBackendConfig, NetConfig, SerialConfig, SerialOutput, VmConfig, VsockConfig,
 };
 use ferry_arch::boot::BootPreference;
 use ferry_arch::cpuid::{feature_by_name, CpuFeature, HIDEABLE_FEATURES};
@@ -214,6 +214,11 @@ pub struct RunArgs {
     /// (`CONNECT <port>`), guest connections to port P go to `PATH_P`.
     #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock)]
     pub vsock: Option<VsockConfig>,
+    /// A virtio-balloon device: `--balloon amount_mib=N[,deflate_on_oom=on][,stats_s=N]
+    /// [,free_page_reporting=on]` (target in MiB, statistics polling interval in seconds).
+    #[arg(long, value_name = "amount_mib=N[,deflate_on_oom=on|off][,stats_s=N][,free_page_reporting=on|off]",
+          value_parser = parse_balloon)]
+    pub balloon: Option<BalloonConfig>,
     /// With --restore: replace drive ID's host path (as `ferry receive --disk-map`).
     #[arg(long = "disk-map", value_name = "ID=PATH", value_parser = parse_disk_map,
           requires = "restore")]
@@ -280,6 +285,7 @@ impl RunArgs {
             cpu_template: self.cpu_template.clone(),
             entropy: self.entropy.clone(),
             vsock: self.vsock.clone(),
+            balloon: self.balloon.clone(),
         };
         let options = BuildOptions {
             boot: match self.boot {
@@ -549,6 +555,38 @@ fn parse_number_u64(key: &str, value: &str) -> Result<u64, String> {
 fn parse_vsock_map(text: &str) -> Result<String, String> {
     ferry_api::check_uds_path("--vsock-map", text)?;
     Ok(text.to_string())
+}
+
+/// `--balloon` options, Firecracker's names (`stats_s` for `stats_polling_interval_s`).
+fn parse_balloon(text: &str) -> Result<BalloonConfig, String> {
+    let mut balloon = BalloonConfig::default();
+    let mut amount = None;
+    for (key, value) in key_values(text)? {
+        match key {
+            "amount_mib" => {
+                amount = Some(
+                    value
+                        .parse::<u32>()
+                        .map_err(|_| format!("amount_mib={value}: expected MiB (a number)"))?,
+                )
+            }
+            "deflate_on_oom" => balloon.deflate_on_oom = on_off(key, value)?,
+            "stats_s" => {
+                balloon.stats_polling_interval_s = value
+                    .parse::<u16>()
+                    .map_err(|_| format!("stats_s={value}: expected seconds (0-65535)"))?
+            }
+            "free_page_reporting" => balloon.free_page_reporting = on_off(key, value)?,
+            _ => {
+                return Err(format!(
+                    "unknown balloon option '{key}' (known: amount_mib, deflate_on_oom, \
+                     stats_s, free_page_reporting)"
+                ))
+            }
+        }
+    }
+    balloon.amount_mib = amount.ok_or_else(|| format!("'{text}': amount_mib=N is required"))?;
+    Ok(balloon)
 }
 
 fn check_mac(text: &str) -> Result<(), String> {
@@ -843,6 +881,41 @@ mod tests {
             "tap=t,tx-pps-burst=1",
         ] {
             assert!(parse_net(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn balloon_flag() {
+        let (config, _) = run_args(&["--kernel", "k"]).unwrap().to_config(false);
+        assert_eq!(config.balloon, None);
+        let (config, _) = run_args(&[
+            "--kernel",
+            "k",
+            "--balloon",
+            "amount_mib=64,deflate_on_oom=on,stats_s=2",
+        ])
+        .unwrap()
+        .to_config(false);
+        assert_eq!(
+            config.balloon,
+            Some(BalloonConfig {
+                amount_mib: 64,
+                deflate_on_oom: true,
+                stats_polling_interval_s: 2,
+                free_page_reporting: false,
+            })
+        );
+        for bad in [
+            "deflate_on_oom=on",
+            "amount_mib=-1",
+            "amount_mib=1,stats_s=70000",
+            "amount_mib=1,bogus=1",
+            "amount_mib=1,deflate_on_oom=maybe",
+        ] {
+            assert!(
+                run_args(&["--kernel", "k", "--balloon", bad]).is_err(),
+                "{bad}"
+            );
         }
     }
 

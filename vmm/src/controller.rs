@@ -326,6 +326,29 @@ impl VmController {
         )
     }
 
+    /// The running balloon and its configuration entry, changed together by `PATCH /balloon`
+    /// and `PATCH /balloon/statistics` (so snapshots and migrations carry the current values).
+    /// Before boot these requests are refused, as on Firecracker.
+    pub fn running_balloon(
+        &mut self,
+        action: &'static str,
+    ) -> Result<
+        (
+            Arc<Mutex<ferry_devices::virtio::balloon::Balloon>>,
+            &mut ferry_api::BalloonConfig,
+        ),
+        VmmError,
+    > {
+        let vm = self.vm.as_ref().ok_or(VmmError::InvalidState {
+            state: self.state.name(),
+            action,
+        })?;
+        match (vm.virtio.balloon(), self.config.balloon.as_mut()) {
+            (Some(device), Some(config)) => Ok((device.clone(), config)),
+            _ => Err(VmmError::Config("no balloon device is configured".into())),
+        }
+    }
+
     /// The exit signal of the running VM.
     /// The keyboard and the power button, for `SendCtrlAltDel` and a graceful shutdown.
     pub fn legacy(&self) -> Result<&LegacyDevices, VmmError> {

@@ -337,7 +337,6 @@ pub struct ConfigFile {
 
 /// Config-file sections for devices ferry does not implement.
 const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
-    ("balloon", "the balloon device"),
     ("mmds-config", "the microVM metadata service (MMDS)"),
     ("memory-hotplug", "memory hotplug"),
     ("serial", "serial configuration"),
@@ -363,7 +362,7 @@ fn entry_id<'a>(entry: &'a serde_json::Value, field: &str) -> &'a str {
 }
 
 /// Reads Firecracker's JSON configuration (`boot-source`, `machine-config`, `drives`,
-/// `network-interfaces`, `cpu-config`, `entropy`, `vsock`, `logger`, `metrics`).
+/// `network-interfaces`, `cpu-config`, `entropy`, `vsock`, `balloon`, `logger`, `metrics`).
 pub fn parse_config_file(text: &str) -> Result<ConfigFile, FcError> {
     let bad = |msg: String| FcError::BadConfiguration(format!("config file: {msg}"));
     let value: serde_json::Value =
@@ -446,6 +445,12 @@ pub fn parse_config_file(text: &str) -> Result<ConfigFile, FcError> {
                 };
                 out.vm.vsock = Some(vsock.to_config());
             }
+            "balloon" => {
+                let ApiRequest::PutBalloon(balloon) = section(name, "/balloon", body)? else {
+                    return Err(bad("balloon: unexpected request".into()));
+                };
+                out.vm.balloon = Some(balloon.to_config());
+            }
             "logger" => {
                 let ApiRequest::PutLogger(logger) = section(name, "/logger", body)? else {
                     return Err(bad("logger: unexpected request".into()));
@@ -461,7 +466,7 @@ pub fn parse_config_file(text: &str) -> Result<ConfigFile, FcError> {
             other => {
                 return Err(bad(format!(
                     "unknown section '{other}' (known: boot-source, machine-config, drives, \
-                     network-interfaces, cpu-config, entropy, vsock, logger, metrics)"
+                     network-interfaces, cpu-config, entropy, vsock, balloon, logger, metrics)"
                 )))
             }
         }
@@ -813,6 +818,7 @@ mod tests {
                  "rx_rate_limiter": {}, "tx_rate_limiter": {}}
               ],
               "entropy": {"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}},
+              "balloon": {"amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 2},
               "logger": {"log_path": "/tmp/l", "level": "Debug"},
               "metrics": {"metrics_path": "/tmp/m"}
             }"#,
@@ -831,6 +837,15 @@ mod tests {
         );
         let entropy = file.vm.entropy.and_then(|e| e.rate_limiter).unwrap();
         assert_eq!(entropy.bandwidth.map(|b| b.size), Some(1000));
+        assert_eq!(
+            file.vm.balloon,
+            Some(ferry_api::BalloonConfig {
+                amount_mib: 16,
+                deflate_on_oom: true,
+                stats_polling_interval_s: 2,
+                free_page_reporting: false,
+            })
+        );
         // Without the section, no entropy device.
         let file = parse_config_file(r#"{"boot-source": {"kernel_image_path": "/k"}}"#).unwrap();
         assert_eq!(file.vm.entropy, None);

@@ -6,6 +6,7 @@
 //! * [`cli`] is the `ferry` command line.
 
 pub mod api_server;
+pub mod balloon;
 pub mod builder;
 pub mod cli;
 pub mod controller;

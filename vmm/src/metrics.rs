@@ -126,6 +126,8 @@ impl ApiCounters {
             R::Action(_) => ("put_api_requests", "actions"),
             R::PutLogger(_) => ("put_api_requests", "logger"),
             R::PutMetrics(_) => ("put_api_requests", "metrics"),
+            R::PutBalloon(_) => ("put_api_requests", "balloon"),
+            R::PatchBalloon(_) | R::PatchBalloonStats(_) => ("patch_api_requests", "balloon"),
             _ => return None,
         })
     }
@@ -167,6 +169,8 @@ fn count_name(prefix: &'static str, fails: bool) -> &'static str {
         ("logger", true) => "logger_fails",
         ("metrics", false) => "metrics_count",
         ("metrics", true) => "metrics_fails",
+        ("balloon", false) => "balloon_count",
+        ("balloon", true) => "balloon_fails",
         (_, false) => "other_count",
         (_, true) => "other_fails",
     }
@@ -426,6 +430,21 @@ impl FirecrackerMetrics {
                     ];
                     let object = self.counters("vsock", &named);
                     out.insert("vsock".into(), Value::Object(object));
+                }
+                // Firecracker's `balloon` object.
+                crate::virtio_devices::DeviceMetrics::Balloon(m) => {
+                    let named = [
+                        ("activate_fails", get(&m.activate_fails)),
+                        ("inflate_count", get(&m.inflate_count)),
+                        ("deflate_count", get(&m.deflate_count)),
+                        ("stats_updates_count", get(&m.stats_updates_count)),
+                        ("stats_update_fails", get(&m.stats_update_fails)),
+                        ("free_page_report_count", get(&m.free_page_report_count)),
+                        ("free_page_report_freed", get(&m.free_page_report_freed)),
+                        ("free_page_report_fails", get(&m.free_page_report_fails)),
+                    ];
+                    let object = self.counters("balloon", &named);
+                    out.insert("balloon".into(), Value::Object(object));
                 }
             }
         }

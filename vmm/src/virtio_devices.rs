@@ -1,4 +1,4 @@
-//! Attaching virtio-mmio devices (block, net, entropy, vsock) to a VM: a window on the MMIO bus, an ioeventfd per
+//! Attaching virtio-mmio devices (block, net, entropy, vsock, balloon) to a VM: a window on the MMIO bus, an ioeventfd per
 //! queue (guest kicks never exit to userspace), an irqfd per device, and a `virtio_mmio.device=`
 //! command-line entry. Also the per-device operations the controller needs: save/restore,
 //! quiesce, resize, announce, metrics.
@@ -19,6 +19,7 @@ use ferry_devices::net::{open_net_backend, NetBackendSpec, NetSpec};
 use ferry_devices::persist::Persist;
 use ferry_devices::rate_limiter::RateLimiterConfig;
 use ferry_devices::storage::open::{open_disk_with, DiskOptions};
+use ferry_devices::virtio::balloon::{Balloon, BalloonSettings};
 use ferry_devices::virtio::block::Block;
 use ferry_devices::virtio::mmio::{MmioTransport, MmioTransportState};
 use ferry_devices::virtio::net::Net;
@@ -42,6 +43,7 @@ enum Model {
     Net(Arc<Mutex<Net>>),
     Rng(Arc<Mutex<Rng>>),
     Vsock(Arc<Mutex<Vsock>>),
+    Balloon(Arc<Mutex<Balloon>>),
 }
 
 /// The id the vsock device is saved under (at most one, as on Firecracker).
@@ -49,6 +51,8 @@ pub const VSOCK_ID: &str = "vsock";
 
 /// The id the entropy device is saved under (Firecracker's device has none; there is at most one).
 pub const ENTROPY_ID: &str = "entropy";
+/// The id the balloon is saved under (at most one, as on Firecracker).
+pub const BALLOON_ID: &str = "balloon";
 
 /// A device's counters, by id.
 pub enum DeviceMetrics {
@@ -56,6 +60,7 @@ pub enum DeviceMetrics {
     Net(String, Arc<ferry_devices::virtio::net::NetMetrics>),
     Rng(Arc<ferry_devices::virtio::rng::RngMetrics>),
     Vsock(Arc<ferry_devices::virtio::vsock::VsockMetrics>),
+    Balloon(Arc<ferry_devices::virtio::balloon::BalloonMetrics>),
 }
 
 /// One attached device.
@@ -88,8 +93,8 @@ pub struct VirtioDevices {
 
 /// Creates every configured virtio device: drives first (the root device, if any, before the
 /// others, so the guest names it `vda` as on Firecracker), then network interfaces, then the
-/// entropy device, then the vsock device (the later kinds last, so adding one never moves the
-/// others' windows and interrupts).
+/// entropy device, then the vsock device, then the balloon (the later kinds last, so adding one
+/// never moves the others' windows and interrupts).
 pub fn attach_virtio_devices(
     config: &VmConfig,
     vm: &VmFd,
@@ -99,7 +104,8 @@ pub fn attach_virtio_devices(
     let count = config.drives.len()
         + config.nets.len()
         + usize::from(config.entropy.is_some())
-        + usize::from(config.vsock.is_some());
+        + usize::from(config.vsock.is_some())
+        + usize::from(config.balloon.is_some());
     let slots = (VIRTIO_IRQ_LAST - VIRTIO_IRQ_FIRST + 1) as usize;
     if count > slots {
         return Err(VmmError::Config(format!(
@@ -135,6 +141,17 @@ pub fn attach_virtio_devices(
             .map_err(|e| VmmError::Device(format!("vsock device on {}: {e}", vsock.uds_path)))?;
         devices.attach(vm, memory, mmio, VSOCK_ID, Model::Vsock(device))?;
     }
+    if let Some(balloon) = &config.balloon {
+        check_balloon_target(balloon.amount_mib, config.machine.mem_size_mib)?;
+        let device = Balloon::new_shared(BalloonSettings {
+            target_pages: ferry_devices::virtio::balloon::config::mib_to_pages(balloon.amount_mib),
+            deflate_on_oom: balloon.deflate_on_oom,
+            stats_interval_s: balloon.stats_polling_interval_s,
+            free_page_reporting: balloon.free_page_reporting,
+        })
+        .map_err(VmmError::io("balloon device".to_string()))?;
+        devices.attach(vm, memory, mmio, BALLOON_ID, Model::Balloon(device))?;
+    }
     Ok(devices)
 }
 
@@ -146,6 +163,16 @@ fn disk_options(drive: &DriveConfig) -> DiskOptions {
         chap_secret_file: drive.chap_secret_file.as_ref().map(PathBuf::from),
         ..DiskOptions::default()
     }
+}
+
+/// A balloon target larger than the guest's memory is refused, as Firecracker does.
+pub fn check_balloon_target(amount_mib: u32, mem_size_mib: u64) -> Result<(), VmmError> {
+    if u64::from(amount_mib) > mem_size_mib {
+        return Err(VmmError::Config(format!(
+            "balloon target of {amount_mib} MiB is larger than the guest's {mem_size_mib} MiB"
+        )));
+    }
+    Ok(())
 }
 
 fn open_block(drive: &DriveConfig) -> Result<Arc<Mutex<Block>>, VmmError> {
@@ -211,6 +238,7 @@ impl VirtioDevices {
             Model::Net(n) => n.clone(),
             Model::Rng(r) => r.clone(),
             Model::Vsock(v) => v.clone(),
+            Model::Balloon(b) => b.clone(),
         };
         let transport = MmioTransport::new(memory.clone(), device)
             .map_err(VmmError::io(format!("virtio transport for '{id}'")))?;
@@ -243,7 +271,7 @@ impl VirtioDevices {
             .iter()
             .filter_map(|d| match &d.model {
                 Model::Net(n) => Some((d.id.clone(), lock(n).mac().to_string())),
-                Model::Block(_) | Model::Rng(_) | Model::Vsock(_) => None,
+                Model::Block(_) | Model::Rng(_) | Model::Vsock(_) | Model::Balloon(_) => None,
             })
             .collect()
     }
@@ -263,6 +291,7 @@ impl VirtioDevices {
                     Model::Net(n) => n.clone(),
                     Model::Rng(r) => r.clone(),
                     Model::Vsock(v) => v.clone(),
+                    Model::Balloon(b) => b.clone(),
                 }
             })
             .collect()
@@ -293,6 +322,7 @@ impl VirtioDevices {
                     Model::Net(n) => serde_json::to_value(lock(n).save_state()),
                     Model::Rng(r) => serde_json::to_value(lock(r).save_state()),
                     Model::Vsock(v) => serde_json::to_value(lock(v).save_state()),
+                    Model::Balloon(b) => serde_json::to_value(lock(b).save_state()),
                 }
                 .unwrap_or(serde_json::Value::Null);
                 VirtioDeviceSnapshot {
@@ -351,6 +381,13 @@ impl VirtioDevices {
                     let state = serde_json::from_value(saved.model.clone())
                         .map_err(|e| bad(e.to_string()))?;
                     lock(v)
+                        .restore_state(&state)
+                        .map_err(|e| bad(e.to_string()))?;
+                }
+                Model::Balloon(b) => {
+                    let state = serde_json::from_value(saved.model.clone())
+                        .map_err(|e| bad(e.to_string()))?;
+                    lock(b)
                         .restore_state(&state)
                         .map_err(|e| bad(e.to_string()))?;
                 }
@@ -438,6 +475,14 @@ impl VirtioDevices {
         }
     }
 
+    /// The balloon, if the VM has one.
+    pub fn balloon(&self) -> Option<&Arc<Mutex<Balloon>>> {
+        self.devices.iter().find_map(|d| match &d.model {
+            Model::Balloon(b) => Some(b),
+            _ => None,
+        })
+    }
+
     /// Tells the network where the guest is now (after a migration).
     pub fn announce(&self) {
         for d in &self.devices {
@@ -458,6 +503,7 @@ impl VirtioDevices {
                 Model::Net(n) => DeviceMetrics::Net(d.id.clone(), lock(n).metrics()),
                 Model::Rng(r) => DeviceMetrics::Rng(lock(r).metrics()),
                 Model::Vsock(v) => DeviceMetrics::Vsock(lock(v).metrics()),
+                Model::Balloon(b) => DeviceMetrics::Balloon(lock(b).metrics()),
             })
             .collect()
     }
@@ -548,6 +594,7 @@ impl VirtioDevices {
                     }
                     let _ = writeln!(out, "ferry_vsock_connections {open}");
                 }
+                Model::Balloon(b) => crate::balloon::write_metrics(&lock(b), out),
             }
         }
     }

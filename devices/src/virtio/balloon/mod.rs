@@ -281,12 +281,7 @@ impl Balloon {
         };
         // SAFETY: `spec` is a valid itimerspec; the timerfd is ours.
         let rc = unsafe {
-            libc::timerfd_settime(
-                self.stats_timer.as_raw_fd(),
-                0,
-                &spec,
-                std::ptr::null_mut(),
-            )
+            libc::timerfd_settime(self.stats_timer.as_raw_fd(), 0, &spec, std::ptr::null_mut())
         };
         if rc != 0 {
             log::warn!(
@@ -414,9 +409,7 @@ impl VirtioDevice for Balloon {
     fn queue_states(&self) -> Vec<QueueState> {
         self.active
             .as_ref()
-            .map(|a| {
-                a.queues.iter().map(|q| q.queue.state()).collect()
-            })
+            .map(|a| a.queues.iter().map(|q| q.queue.state()).collect())
             .unwrap_or_default()
     }
 }

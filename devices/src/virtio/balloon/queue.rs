@@ -8,8 +8,8 @@
 //! ahead, a head outside the table, an unwritable used ring) stops the device, with
 //! DEVICE_NEEDS_RESET; a bad buffer is skipped and its request completed.
 
-use vm_memory::GuestAddress;
 use virtio_queue::QueueT;
+use vm_memory::GuestAddress;
 
 use super::config::{self, PFN_BATCH};
 use super::ranges::{self, PageRange};
@@ -98,7 +98,10 @@ impl Balloon {
             interrupt,
             queues,
         } = &mut a;
-        if let Some(q) = queues.get_mut(index).filter(|q| q.queue.ready() && !q.broken) {
+        if let Some(q) = queues
+            .get_mut(index)
+            .filter(|q| q.queue.ready() && !q.broken)
+        {
             match Pass::new(mem, q) {
                 Some(mut p) => {
                     self.run_queue(kind, &mut p, mem, q, interrupt);
@@ -242,7 +245,12 @@ impl Balloon {
     /// Takes the guest's statistics from `head` and holds the buffer until the next poll.
     /// Returns a buffer to complete now: the previously held one, when a driver sent a second
     /// (it should not; giving the old one back keeps its ring from filling up).
-    fn stats_buffer(&mut self, walker: &DescWalker<'_>, fm: &FastMem<'_>, head: u16) -> Option<u16> {
+    fn stats_buffer(
+        &mut self,
+        walker: &DescWalker<'_>,
+        fm: &FastMem<'_>,
+        head: u16,
+    ) -> Option<u16> {
         BalloonMetrics::add(&self.metrics.stats_updates_count, 1);
         let mut first = None;
         walker.walk(head, |d| {
@@ -272,12 +280,15 @@ impl Balloon {
         let metrics = self.metrics.clone();
         walker.walk(head, |d| {
             let start = d.addr.0.div_ceil(config::PAGE_SIZE) * config::PAGE_SIZE;
-            let end = (d.addr.0.saturating_add(u64::from(d.len)) / config::PAGE_SIZE)
-                * config::PAGE_SIZE;
+            let end =
+                (d.addr.0.saturating_add(u64::from(d.len)) / config::PAGE_SIZE) * config::PAGE_SIZE;
             if end <= start {
                 return true;
             }
-            if fm.slice(GuestAddress(start), (end - start) as usize).is_none() {
+            if fm
+                .slice(GuestAddress(start), (end - start) as usize)
+                .is_none()
+            {
                 BalloonMetrics::add(&metrics.free_page_report_fails, 1);
                 return true;
             }

@@ -189,7 +189,13 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(r, Released { bytes: 3 * 4096, kept: 0 });
+        assert_eq!(
+            r,
+            Released {
+                bytes: 3 * 4096,
+                kept: 0
+            }
+        );
         let mut back = [1u8; 3 * 4096];
         mem.read_slice(&mut back, GuestAddress(0xff000)).unwrap();
         assert!(back.iter().all(|&b| b == 0));
@@ -202,6 +208,12 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(r, Released { bytes: 4096, kept: 4096 });
+        assert_eq!(
+            r,
+            Released {
+                bytes: 4096,
+                kept: 4096
+            }
+        );
     }
 }

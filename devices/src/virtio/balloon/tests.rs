@@ -119,7 +119,11 @@ fn features_and_queues_follow_the_settings() {
     .unwrap();
     assert_eq!(b.queue_sizes.len(), 4);
     assert_eq!((b.stats_index, b.reporting_index), (Some(2), Some(3)));
-    for f in [config::F_STATS_VQ, config::F_DEFLATE_ON_OOM, config::F_REPORTING] {
+    for f in [
+        config::F_STATS_VQ,
+        config::F_DEFLATE_ON_OOM,
+        config::F_REPORTING,
+    ] {
         assert_ne!(b.avail_features & (1 << f), 0, "feature {f}");
     }
 }
@@ -262,12 +266,18 @@ fn statistics_buffer_is_held_and_given_back_on_request() {
     // Held, not completed.
     assert_eq!(r.drvs[q].pop_used(), None);
     let s = r.balloon.lock().unwrap().latest_stats().unwrap();
-    assert_eq!((s.free_memory, s.total_memory), (Some(100 << 20), Some(512 << 20)));
+    assert_eq!(
+        (s.free_memory, s.total_memory),
+        (Some(100 << 20), Some(512 << 20))
+    );
     assert_eq!(s.swap_in, None);
     // A new interval gives the buffer back at once; 0 would turn statistics off: refused.
     {
         let mut b = r.balloon.lock().unwrap();
-        assert_eq!(b.set_stats_interval(0), Err(BalloonError::StatisticsStateChange));
+        assert_eq!(
+            b.set_stats_interval(0),
+            Err(BalloonError::StatisticsStateChange)
+        );
         b.set_stats_interval(2).unwrap();
     }
     assert_eq!(r.drvs[q].pop_used(), Some((u32::from(head), 0)));
@@ -281,7 +291,10 @@ fn statistics_buffer_is_held_and_given_back_on_request() {
 fn statistics_disabled_and_cannot_be_enabled() {
     let mut b = Balloon::new(plain()).unwrap();
     assert_eq!(b.latest_stats(), Err(BalloonError::StatisticsDisabled));
-    assert_eq!(b.set_stats_interval(1), Err(BalloonError::StatisticsStateChange));
+    assert_eq!(
+        b.set_stats_interval(1),
+        Err(BalloonError::StatisticsStateChange)
+    );
     b.set_stats_interval(0).unwrap();
 }
 
