@@ -210,6 +210,9 @@ pub struct ProbeConfig {
     pub vsock_refused: Option<u32>,
     /// `probe.vsock_resets=K` (default 0): transport-reset events to wait for at the end.
     pub vsock_resets: u64,
+    /// `probe.balloon_mib=M` (default 64, 1..=1024): the `balloon` test's pool, touched at
+    /// start and given to the balloon as the device asks.
+    pub balloon_mib: u64,
     /// `probe.net_ip=A.B.C.D/NN`.
     pub net_ip: Option<([u8; 4], u8)>,
     /// `probe.net_peer=E.F.G.H`.
@@ -253,6 +256,7 @@ impl Default for ProbeConfig {
             vsock_bytes: 65536,
             vsock_refused: None,
             vsock_resets: 0,
+            balloon_mib: 64,
             net_ip: None,
             net_peer: None,
             net_count: 5,
@@ -317,6 +321,10 @@ impl ProbeConfig {
                     .is_some(),
                 b"vsock_refused" => set(&mut cfg.vsock_refused, parse_u32(value)),
                 b"vsock_resets" => parse_u64(value).map(|v| cfg.vsock_resets = v).is_some(),
+                b"balloon_mib" => parse_u64(value)
+                    .filter(|m| (1..=1024).contains(m))
+                    .map(|m| cfg.balloon_mib = m)
+                    .is_some(),
                 b"net_ip" => set(&mut cfg.net_ip, parse_ipv4_cidr(value)),
                 b"net_peer" => set(&mut cfg.net_peer, parse_ipv4(value)),
                 b"net_count" => parse_u64(value)

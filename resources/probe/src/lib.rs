@@ -10,6 +10,7 @@
 //! The constants below are the probe's guest-physical contract with host-side tests.
 #![no_std]
 
+pub mod balloon;
 pub mod bootinfo;
 pub mod cmdline;
 pub mod crc32;

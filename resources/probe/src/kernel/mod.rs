@@ -1,5 +1,6 @@
 //! The probe kernel: boot, shared state, the test runner and the report helpers.
 
+mod balloon;
 mod basic;
 mod blk;
 mod blk_change;
@@ -236,6 +237,7 @@ extern "C" fn probe_main(protocol: u32, info: u64) -> ! {
             b"net" => net::run(st),
             b"rng" => rng::run(st),
             b"vsock" => vsock::run(st),
+            b"balloon" => balloon::run(st),
             b"info" => basic::info(st),
             b"cpuid" => basic::cpuid(),
             b"halt" => basic::halt(),
