@@ -312,6 +312,22 @@ fn snapshot_and_restore_keep_the_balloon() {
     assert_eq!(device["model"]["target_pages"], 16 * 256);
     assert_eq!(device["model"]["actual_pages"], 16 * 256);
     assert_eq!(state["config"]["balloon"]["amount_mib"], 16);
+    // The ballooned pages (the top 16 MiB of the pool at 64 MiB) are not in the memory file:
+    // the host no longer backs them, and the snapshot writer leaves unbacked pages as holes.
+    let memory = std::fs::File::open(snap.join("memory")).unwrap();
+    let (ballooned, pool_end) = (80i64 << 20, 96i64 << 20);
+    // SAFETY: lseek on a file we own; no memory is passed.
+    let next_data = unsafe {
+        libc::lseek(
+            std::os::fd::AsRawFd::as_raw_fd(&memory),
+            ballooned,
+            libc::SEEK_DATA,
+        )
+    };
+    assert!(
+        next_data < 0 || next_data >= pool_end,
+        "data at {next_data:#x} inside the ballooned range"
+    );
     drop(vm);
 
     let socket2 = dir.path().join("restored.sock");
