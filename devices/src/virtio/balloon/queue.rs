@@ -188,7 +188,7 @@ impl Balloon {
     /// Appends up to `max` valid pfns of buffer `d` to the batch (releasing full batches);
     /// returns how many pfns were read.
     fn read_pfns(&mut self, fm: &FastMem<'_>, d: Desc, max: usize) -> usize {
-        if d.len % 4 != 0 {
+        if !d.len.is_multiple_of(4) {
             BalloonMetrics::add(&self.metrics.bad_pfns, 1);
         }
         let count = (d.len as usize / 4).min(max);
