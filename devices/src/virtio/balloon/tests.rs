@@ -206,7 +206,7 @@ fn hostile_pfn_buffers_complete_without_harm() {
     let h2 = r.drvs[q].add_chain(&[TestDesc::r(HIGH - 4096, 64)]);
     let h3 = r.drvs[q].add_chain(&[TestDesc::r(HIGH + LOW - 4, 64)]);
     // A huge length: bounded by MAX_PFNS_PER_REQUEST, no walk over gigabytes.
-    let h4 = r.drvs[q].add_chain(&[TestDesc::r(BUF, u32::MAX & !3)]);
+    let h4 = r.drvs[q].add_chain(&[TestDesc::r(BUF, !3)]);
     r.balloon.lock().unwrap().process_queue(q);
     for h in [head, h2, h3, h4] {
         assert_eq!(r.drvs[q].pop_used(), Some((u32::from(h), 0)));
