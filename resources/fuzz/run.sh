@@ -13,12 +13,14 @@ cd "$repo"
 
 # Targets and the fuzz package (directory holding fuzz/) each lives in.
 declare -A package=(
-    [virtio_blk]=devices [virtio_net]=devices [virtio_vsock]=devices [iscsi_pdu]=devices [iscsi_session]=devices
+    [virtio_blk]=devices [virtio_net]=devices [virtio_vsock]=devices [virtio_balloon]=devices
+    [iscsi_pdu]=devices [iscsi_session]=devices
     [migration_stream]=vmm [api_request]=vmm
 )
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(virtio_blk virtio_net virtio_vsock iscsi_pdu iscsi_session migration_stream api_request)
+    targets=(virtio_blk virtio_net virtio_vsock virtio_balloon iscsi_pdu iscsi_session
+        migration_stream api_request)
 fi
 for t in "${targets[@]}"; do
     [ -n "${package[$t]:-}" ] || { echo "unknown fuzz target $t (known: ${!package[*]})" >&2; exit 2; }

@@ -310,8 +310,9 @@ impl Balloon {
     }
 
     /// Gives the held statistics buffer back (used length 0), asking the guest for fresh
-    /// statistics. Called on the polling timer and when the interval changes.
-    pub(super) fn request_stats(&mut self) {
+    /// statistics. Called on the polling timer and when the interval changes (public for
+    /// tests and fuzzing).
+    pub fn request_stats(&mut self) {
         let Some(index) = self.stats_index else {
             return;
         };
