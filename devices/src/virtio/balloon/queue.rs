@@ -279,7 +279,12 @@ impl Balloon {
         let mem = fm.memory();
         let metrics = self.metrics.clone();
         walker.walk(head, |d| {
-            let start = d.addr.0.div_ceil(config::PAGE_SIZE) * config::PAGE_SIZE;
+            // An address near the top of the address space has no next page boundary: it is
+            // not guest memory anyway.
+            let Some(start) = d.addr.0.checked_next_multiple_of(config::PAGE_SIZE) else {
+                BalloonMetrics::add(&metrics.free_page_report_fails, 1);
+                return true;
+            };
             let end =
                 (d.addr.0.saturating_add(u64::from(d.len)) / config::PAGE_SIZE) * config::PAGE_SIZE;
             if end <= start {

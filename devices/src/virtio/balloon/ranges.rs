@@ -100,10 +100,8 @@ pub fn release(mem: &GuestMemory, range: PageRange) -> io::Result<Released> {
         let offset = gpa - region_start;
         let len = part_end - gpa;
         let (advise_off, advise_len, advice) = if region.is_hugetlbfs() == Some(true) {
-            // Whole huge pages only: round the start up and the end down.
-            let first = offset.div_ceil(HUGE_PAGE) * HUGE_PAGE;
-            let last = ((offset + len) / HUGE_PAGE) * HUGE_PAGE;
-            (first, last.saturating_sub(first), libc::MADV_DONTNEED)
+            let (first, n) = whole_huge_pages(offset, len);
+            (first, n, libc::MADV_DONTNEED)
         } else if region.file_offset().is_some() {
             (offset, len, libc::MADV_REMOVE)
         } else {
@@ -133,9 +131,29 @@ pub fn release(mem: &GuestMemory, range: PageRange) -> io::Result<Released> {
     Ok(done)
 }
 
+/// The whole 2 MiB pages inside `[offset, offset + len)` of a hugetlbfs region (offsets from
+/// the region's start, which is huge-page aligned): `(start, len)`, `len` 0 when there is none.
+fn whole_huge_pages(offset: u64, len: u64) -> (u64, u64) {
+    let first = offset.div_ceil(HUGE_PAGE) * HUGE_PAGE;
+    let last = ((offset + len) / HUGE_PAGE) * HUGE_PAGE;
+    (first, last.saturating_sub(first))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hugetlbfs_ranges_shrink_to_whole_huge_pages() {
+        const M: u64 = 1 << 20;
+        // A 4 KiB page, or anything short of a whole aligned huge page: nothing.
+        assert_eq!(whole_huge_pages(4096, 4096).1, 0);
+        assert_eq!(whole_huge_pages(M, 2 * M).1, 0);
+        assert_eq!(whole_huge_pages(0, 2 * M - 4096).1, 0);
+        // Exactly one, and the aligned middle of a longer run.
+        assert_eq!(whole_huge_pages(2 * M, 2 * M), (2 * M, 2 * M));
+        assert_eq!(whole_huge_pages(M, 6 * M), (2 * M, 4 * M));
+    }
 
     fn ranges(mut pfns: Vec<u32>) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
