@@ -549,6 +549,11 @@ mod tests {
         // Too little to judge the bytes, or more than the buffer: refused, default kept.
         let cfg = ProbeConfig::parse(&Cmdline::new(b"probe.rng_kib=8 probe.rng_kib=512"));
         assert_eq!((cfg.rng_kib, cfg.errors), (64, 2));
+        assert_eq!(ProbeConfig::default().balloon_mib, 64);
+        let cfg = ProbeConfig::parse(&Cmdline::new(b"probe.balloon_mib=128"));
+        assert_eq!((cfg.balloon_mib, cfg.errors), (128, 0));
+        let cfg = ProbeConfig::parse(&Cmdline::new(b"probe.balloon_mib=0 probe.balloon_mib=2048"));
+        assert_eq!((cfg.balloon_mib, cfg.errors), (64, 2));
     }
 
     #[test]
