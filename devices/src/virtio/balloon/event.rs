@@ -34,6 +34,7 @@ impl MutEventSubscriber for Balloon {
         match events.data() {
             EV_ACTIVATE => {
                 let _ = self.activate_evt.read();
+                self.arm_stats_timer();
                 // The queue eventfds never change for the device's life: add each once.
                 for (i, evt) in self.queue_evts.iter().enumerate() {
                     let fd = evt.as_raw_fd();
@@ -59,7 +60,12 @@ impl MutEventSubscriber for Balloon {
                 // SAFETY: reads 8 bytes into our buffer from our non-blocking timerfd; EAGAIN
                 // (a spurious wake-up) leaves it untouched.
                 unsafe { libc::read(self.stats_timer.as_raw_fd(), ticks.as_mut_ptr().cast(), 8) };
-                self.request_stats();
+                if self.active.is_none() {
+                    // Reset since the timer was armed: stop it until the next activation.
+                    self.arm_stats_timer();
+                } else {
+                    self.request_stats();
+                }
             }
             data if data >= EV_QUEUE => {
                 let i = (data - EV_QUEUE) as usize;

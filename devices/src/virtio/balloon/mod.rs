@@ -264,7 +264,8 @@ impl Balloon {
     }
 
     /// Arms the statistics timer for the polling interval (or disarms it without statistics
-    /// or a running driver).
+    /// or a running driver). Called on the event thread and the controller's, never on a vCPU
+    /// thread.
     fn arm_stats_timer(&self) {
         let secs = if self.active.is_some() && self.stats_index.is_some() {
             i64::from(self.stats_interval_s)
@@ -390,20 +391,21 @@ impl VirtioDevice for Balloon {
             interrupt,
             queues: active,
         });
-        self.arm_stats_timer();
-        // The event thread registers the queue fds and looks at the queues.
+        // The event thread arms the statistics timer (this runs on a vCPU thread, whose
+        // seccomp list has no timer calls), registers the queue fds and looks at the queues.
         self.activate_evt.write(1)?;
         Ok(())
     }
 
     /// Nothing is ever in flight: dropping the queues is the whole reset. The held statistics
     /// buffer belongs to the old rings and is forgotten; the target stays (it is the host's).
+    /// The statistics timer is disarmed by the event thread when it next fires (this runs on a
+    /// vCPU thread).
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;
         self.stats_head = None;
         self.actual_pages = 0;
-        self.arm_stats_timer();
     }
 
     fn queue_states(&self) -> Vec<QueueState> {
