@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::models::RateLimiter;
+use crate::models::{MachineConfigUpdate, RateLimiter};
+use crate::StaticCpuTemplate;
 
 /// Default guest memory, MiB.
 pub const DEFAULT_MEM_MIB: u64 = 256;
@@ -43,6 +44,10 @@ pub struct MachineConfig {
     pub acpi: bool,
     #[serde(default)]
     pub huge_pages: HugePages,
+    /// Firecracker's static CPU template (`T2`, `C3`, …); `None` when there is none or when a
+    /// custom template (`VmConfig::cpu_template`) is set instead: the two share one slot.
+    #[serde(default, skip_serializing_if = "StaticCpuTemplate::is_none")]
+    pub cpu_template: StaticCpuTemplate,
 }
 
 fn acpi_default() -> bool {
@@ -58,6 +63,7 @@ impl Default for MachineConfig {
             track_dirty_pages: false,
             acpi: true,
             huge_pages: HugePages::None,
+            cpu_template: StaticCpuTemplate::None,
         }
     }
 }
@@ -207,7 +213,8 @@ pub struct VmConfig {
     pub exit_device_port: Option<u16>,
     pub drives: Vec<DriveConfig>,
     pub nets: Vec<NetConfig>,
-    /// A custom CPU template (`PUT /cpu-config`), applied to every vCPU.
+    /// A custom CPU template (`PUT /cpu-config`), applied to every vCPU. Set only through
+    /// [`VmConfig::set_custom_cpu_template`], which clears a static one.
     #[serde(default)]
     pub cpu_template: Option<crate::CpuTemplate>,
     /// The entropy device, when configured (absent in older snapshots: none).
@@ -222,6 +229,49 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
+    /// `PUT /machine-config`: the new machine. `template` `None` (the field was absent) keeps the
+    /// current CPU template, static or custom, as Firecracker does.
+    pub fn put_machine(&mut self, machine: MachineConfig, template: Option<StaticCpuTemplate>) {
+        self.machine = MachineConfig {
+            cpu_template: self.machine.cpu_template,
+            ..machine
+        };
+        if let Some(template) = template {
+            self.set_static_cpu_template(template);
+        }
+    }
+
+    /// `PATCH /machine-config`.
+    pub fn patch_machine(&mut self, update: &MachineConfigUpdate) -> Result<(), String> {
+        self.machine = update.apply(&self.machine)?;
+        if let Some(template) = update.cpu_template {
+            self.set_static_cpu_template(template);
+        }
+        Ok(())
+    }
+
+    /// A static template replaces a custom one (and `None` removes either): Firecracker keeps
+    /// one CPU template per VM, the last one set.
+    pub fn set_static_cpu_template(&mut self, template: StaticCpuTemplate) {
+        self.machine.cpu_template = template;
+        self.cpu_template = None;
+    }
+
+    /// `PUT /cpu-config`: a custom template replaces a static one.
+    pub fn set_custom_cpu_template(&mut self, template: crate::CpuTemplate) {
+        self.machine.cpu_template = StaticCpuTemplate::None;
+        self.cpu_template = Some(template);
+    }
+
+    /// The template the vCPUs get: the custom one, else the static one's modifiers.
+    pub fn effective_cpu_template(&self) -> Option<crate::CpuTemplate> {
+        match (&self.cpu_template, self.machine.cpu_template) {
+            (Some(custom), _) => Some(custom.clone()),
+            (None, StaticCpuTemplate::None) => None,
+            (None, name) => Some(name.template()),
+        }
+    }
+
     /// Adds `drive`, or replaces the drive with its id. Refuses a second root device, as
     /// Firecracker does: the guest gets one `root=`.
     pub fn put_drive(&mut self, drive: DriveConfig) -> Result<(), String> {
@@ -286,5 +336,61 @@ mod put_drive_tests {
             Some("data")
         );
         assert_eq!(config.drives.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod cpu_template_slot_tests {
+    use super::*;
+    use crate::StaticCpuTemplate as S;
+
+    fn custom() -> crate::CpuTemplate {
+        crate::cpu_template::parse_template_json(
+            r#"{"msr_modifiers": [{"addr": 16, "bitmap": "0b1"}]}"#,
+        )
+        .expect("template")
+    }
+
+    /// One slot, the last set wins (Firecracker's rule); an absent PUT field keeps the slot.
+    #[test]
+    fn static_and_custom_templates_replace_each_other() {
+        let mut config = VmConfig::default();
+        config.put_machine(MachineConfig::default(), Some(S::T2));
+        assert_eq!(config.effective_cpu_template(), Some(S::T2.template()));
+        config.set_custom_cpu_template(custom());
+        assert_eq!(config.machine.cpu_template, S::None);
+        assert_eq!(config.effective_cpu_template(), Some(custom()));
+        config.put_machine(MachineConfig::default(), None);
+        assert_eq!(config.cpu_template, Some(custom()), "absent field keeps it");
+        let patch: MachineConfigUpdate =
+            serde_json::from_str(r#"{"cpu_template": "C3"}"#).expect("patch");
+        config.patch_machine(&patch).expect("patch applies");
+        assert_eq!(
+            (config.machine.cpu_template, &config.cpu_template),
+            (S::C3, &None)
+        );
+        let patch: MachineConfigUpdate =
+            serde_json::from_str(r#"{"vcpu_count": 2}"#).expect("patch");
+        config.patch_machine(&patch).expect("patch applies");
+        assert_eq!(
+            config.machine.cpu_template,
+            S::C3,
+            "PATCH without the field keeps it"
+        );
+        config.put_machine(MachineConfig::default(), Some(S::None));
+        assert_eq!(config.effective_cpu_template(), None);
+        // The name travels with the configuration (snapshots), and is left out when None.
+        let json = serde_json::to_string(&MachineConfig::default()).expect("json");
+        assert!(!json.contains("cpu_template"), "{json}");
+        let t2 = MachineConfig {
+            cpu_template: S::T2,
+            ..MachineConfig::default()
+        };
+        let json = serde_json::to_string(&t2).expect("json");
+        assert!(json.contains(r#""cpu_template":"T2""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<MachineConfig>(&json).expect("back"),
+            t2
+        );
     }
 }

@@ -20,6 +20,7 @@ pub mod models;
 pub mod request;
 pub mod server;
 mod socket;
+pub mod static_cpu_template;
 pub mod thread_hook;
 pub mod validate;
 
@@ -37,6 +38,7 @@ pub use server::{
     serve, serve_with, ApiServerHandle, Oversize, ServerOptions, FIRECRACKER_MAX_PAYLOAD_BYTES,
     MAX_BODY_BYTES,
 };
+pub use static_cpu_template::{CpuVendor, StaticCpuTemplate};
 
 /// ferry's version, reported by `GET /` and `GET /version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

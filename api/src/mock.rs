@@ -102,14 +102,16 @@ fn handle(s: &mut State, request: ApiRequest) -> Result<ApiResponse, ApiResponse
     Ok(match request {
         R::GetInstanceInfo => ApiResponse::json(&InstanceInfo::new("mock", instance_state(s))),
         R::GetMachineConfig => ApiResponse::json(&s.config.machine),
-        R::PutMachineConfig(machine) => {
+        R::PutMachineConfig(machine, template) => {
             pre_boot(s, "machine-config")?;
-            s.config.machine = machine;
+            s.config.put_machine(machine, template);
             ApiResponse::NoContent
         }
         R::PatchMachineConfig(update) => {
             pre_boot(s, "machine-config")?;
-            s.config.machine = update.apply(&s.config.machine).map_err(ApiResponse::bad_request)?;
+            s.config
+                .patch_machine(&update)
+                .map_err(ApiResponse::bad_request)?;
             ApiResponse::NoContent
         }
         R::PutBootSource(boot) => {
@@ -301,7 +303,7 @@ fn handle(s: &mut State, request: ApiRequest) -> Result<ApiResponse, ApiResponse
         }
         R::PutCpuConfig(template) => {
             pre_boot(s, "setting a CPU template")?;
-            s.config.cpu_template = Some(template);
+            s.config.set_custom_cpu_template(template);
             ApiResponse::NoContent
         }
         R::PutMetrics(metrics) => {

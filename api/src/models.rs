@@ -16,6 +16,7 @@ use crate::config::{
 use crate::validate::{
     check_drive_path, check_id, check_ifname, check_path, check_text, parse_mac, MAX_BOOT_ARGS_LEN,
 };
+use crate::StaticCpuTemplate;
 
 /// Most vCPUs a VM may have (Firecracker's limit too).
 pub const MAX_VCPUS: u8 = 32;
@@ -46,14 +47,9 @@ impl MachineConfig {
     }
 }
 
-/// `cpu_template` is accepted for compatibility only in its "off" form.
-fn check_unsupported_option(field: &str, value: &Option<String>) -> Result<(), String> {
-    match value.as_deref() {
-        None | Some("None") => Ok(()),
-        Some(other) => Err(format!(
-            "{field} {other:?} is not supported by ferry; use \"None\""
-        )),
-    }
+/// `cpu_template` by name, with ferry's own reason for names it does not take (`V1N1`).
+fn parse_template_name(value: &Option<String>) -> Result<Option<StaticCpuTemplate>, String> {
+    value.as_deref().map(str::parse).transpose()
 }
 
 /// `PUT /machine-config` as sent on the wire.
@@ -76,8 +72,9 @@ pub(crate) struct MachineConfigBody {
 }
 
 impl MachineConfigBody {
-    pub(crate) fn into_config(self) -> Result<MachineConfig, String> {
-        check_unsupported_option("cpu_template", &self.cpu_template)?;
+    /// The machine, and the CPU template when the body names one (absent: keep the current one).
+    pub(crate) fn into_config(self) -> Result<(MachineConfig, Option<StaticCpuTemplate>), String> {
+        let template = parse_template_name(&self.cpu_template)?;
         let config = MachineConfig {
             vcpu_count: self.vcpu_count,
             mem_size_mib: self.mem_size_mib,
@@ -85,9 +82,10 @@ impl MachineConfigBody {
             track_dirty_pages: self.track_dirty_pages,
             acpi: self.acpi.unwrap_or(true),
             huge_pages: self.huge_pages.unwrap_or_default(),
+            cpu_template: template.unwrap_or_default(),
         };
         config.validate()?;
-        Ok(config)
+        Ok((config, template))
     }
 }
 
@@ -108,14 +106,25 @@ pub struct MachineConfigUpdate {
     pub acpi: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub huge_pages: Option<HugePages>,
-    #[serde(default, skip_serializing)]
-    cpu_template: Option<String>,
+    /// Firecracker's static CPU template by name (`"None"` removes any template).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "template_name"
+    )]
+    pub cpu_template: Option<StaticCpuTemplate>,
+}
+
+/// `cpu_template` of a PATCH, parsed with [`parse_template_name`]'s reasons.
+fn template_name<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<StaticCpuTemplate>, D::Error> {
+    parse_template_name(&Option::<String>::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
 impl MachineConfigUpdate {
     /// Checks what can be checked without the current configuration.
     pub(crate) fn validate(&self) -> Result<(), String> {
-        check_unsupported_option("cpu_template", &self.cpu_template)?;
         if self.vcpu_count.is_none()
             && self.mem_size_mib.is_none()
             && self.smt.is_none()
@@ -145,6 +154,7 @@ impl MachineConfigUpdate {
             track_dirty_pages: self.track_dirty_pages.unwrap_or(current.track_dirty_pages),
             acpi: self.acpi.unwrap_or(current.acpi),
             huge_pages: self.huge_pages.unwrap_or(current.huge_pages),
+            cpu_template: current.cpu_template,
         };
         next.validate()?;
         Ok(next)

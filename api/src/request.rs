@@ -22,8 +22,9 @@ pub enum ApiRequest {
     GetInstanceInfo,
     /// `GET /machine-config`: answer with the [`MachineConfig`].
     GetMachineConfig,
-    /// `PUT /machine-config` (pre-boot).
-    PutMachineConfig(MachineConfig),
+    /// `PUT /machine-config` (pre-boot), with the CPU template it names (absent: `None`, keep
+    /// the current one; see `VmConfig::put_machine`).
+    PutMachineConfig(MachineConfig, Option<crate::StaticCpuTemplate>),
     /// `PATCH /machine-config` (pre-boot): [`MachineConfigUpdate::apply`] to the current one.
     PatchMachineConfig(MachineConfigUpdate),
     /// `PUT /boot-source` (pre-boot).
@@ -235,7 +236,8 @@ pub(crate) fn route(method: &str, path: &str, body: &[u8]) -> Result<Routed, Req
         (["machine-config"], "GET") => R::GetMachineConfig,
         (["machine-config"], "PUT") => {
             let body: MachineConfigBody = json(body)?;
-            R::PutMachineConfig(body.into_config().map_err(bad)?)
+            let (machine, template) = body.into_config().map_err(bad)?;
+            R::PutMachineConfig(machine, template)
         }
         (["machine-config"], "PATCH") => {
             R::PatchMachineConfig(checked(body, MachineConfigUpdate::validate)?)

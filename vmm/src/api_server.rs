@@ -186,14 +186,14 @@ impl ApiService {
                 ApiResponse::json(&InstanceInfo::new(self.instance_id.clone(), state))
             }
             ApiRequest::GetMachineConfig => ApiResponse::json(&c.config().machine),
-            ApiRequest::PutMachineConfig(machine) => {
+            ApiRequest::PutMachineConfig(machine, template) => {
                 c.config_mut("changing the machine configuration after boot")?
-                    .machine = machine;
+                    .put_machine(machine, template);
                 ApiResponse::NoContent
             }
             ApiRequest::PatchMachineConfig(update) => {
                 let config = c.config_mut("changing the machine configuration after boot")?;
-                config.machine = update.apply(&config.machine).map_err(VmmError::Config)?;
+                config.patch_machine(&update).map_err(VmmError::Config)?;
                 ApiResponse::NoContent
             }
             ApiRequest::PutBootSource(boot) => {
@@ -369,7 +369,7 @@ impl ApiService {
             }
             ApiRequest::PutCpuConfig(template) => {
                 c.config_mut("setting a CPU template after boot")?
-                    .cpu_template = Some(template);
+                    .set_custom_cpu_template(template);
                 ApiResponse::NoContent
             }
             ApiRequest::PutMetrics(metrics) => {

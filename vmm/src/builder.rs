@@ -225,12 +225,13 @@ fn build_rest(
     }
 
     // vCPUs.
-    if let Some(template) = &config.cpu_template {
-        crate::cpu_template::check_kvm_capabilities(kvm, &template.kvm_capabilities)?;
-    }
     let base_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| VmmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let cpu_template = crate::cpu_template::resolve(config, &base_cpuid)?;
+    if let Some(template) = &cpu_template {
+        crate::cpu_template::check_kvm_capabilities(kvm, &template.kvm_capabilities)?;
+    }
     let mut vcpus = Vec::with_capacity(usize::from(cpus));
     for index in 0..cpus {
         let fd = vm
@@ -238,13 +239,13 @@ fn build_rest(
             .map_err(|e| VmmError::Kvm("KVM_CREATE_VCPU", e))?;
         let mut cpuid = base_cpuid.clone();
         filter_cpuid(&mut cpuid, index, cpus, &options.hidden_cpu_features);
-        if let Some(template) = &config.cpu_template {
+        if let Some(template) = &cpu_template {
             crate::cpu_template::apply_cpuid(&mut cpuid, &template.cpuid)?;
         }
         fd.set_cpuid2(&cpuid)
             .map_err(|e| VmmError::Kvm("KVM_SET_CPUID2", e))?;
         regs::setup_msrs(&fd)?;
-        if let Some(template) = &config.cpu_template {
+        if let Some(template) = &cpu_template {
             crate::cpu_template::apply_msrs(&fd, &template.msrs)?;
         }
         regs::setup_lint(&fd)?;

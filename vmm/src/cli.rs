@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ferry_api::{
     BalloonConfig, BootSource, DriveConfig, EntropyConfig, HugePages, MachineConfig,
-    NetBackendConfig, NetConfig, SerialConfig, SerialOutput, VmConfig, VsockConfig,
+    NetBackendConfig, NetConfig, SerialConfig, SerialOutput, StaticCpuTemplate, VmConfig, VsockConfig,
 };
 use ferry_arch::boot::BootPreference;
 use ferry_arch::cpuid::{feature_by_name, CpuFeature, HIDEABLE_FEATURES};
@@ -172,10 +172,12 @@ pub struct RunArgs {
     /// pages advised), `2M` (reserved hugetlbfs pages; the host needs enough free ones).
     #[arg(long, default_value = "none", value_name = "none|transparent|2M", value_parser = parse_huge_pages)]
     pub huge_pages: HugePages,
-    /// A custom CPU template (Firecracker's JSON format, as for `PUT /cpu-config`): CPUID and MSR
-    /// bits set, cleared or kept on every vCPU.
-    #[arg(long, value_name = "FILE", value_parser = parse_cpu_template)]
-    pub cpu_template: Option<ferry_api::CpuTemplate>,
+    /// A CPU template: one of Firecracker's static templates by name (`T2`, `T2S`, `T2CL`, `T2A`,
+    /// `C3`, as `machine-config.cpu_template`), or a FILE holding a custom template
+    /// (Firecracker's JSON format, as for `PUT /cpu-config`). A file named like a template is
+    /// given with a directory (`./T2`).
+    #[arg(long, value_name = "NAME|FILE", value_parser = parse_cpu_template)]
+    pub cpu_template: Option<CliCpuTemplate>,
     /// Serial console: `stdio` (stdin feeds the guest), `file=PATH` or `none`.
     /// Without this flag output goes to stdout and stdin is read only on a terminal.
     #[arg(long, value_name = "stdio|file=PATH|none", value_parser = parse_serial)]
@@ -265,7 +267,7 @@ impl RunArgs {
     /// The VM configuration and build options these flags describe.
     pub fn to_config(&self, stdin_is_terminal: bool) -> (VmConfig, BuildOptions) {
         let serial = serial_config(self.serial.as_ref(), stdin_is_terminal);
-        let config = VmConfig {
+        let mut config = VmConfig {
             machine: MachineConfig {
                 vcpu_count: self.cpus,
                 mem_size_mib: self.memory,
@@ -282,11 +284,18 @@ impl RunArgs {
             exit_device_port: self.exit_device,
             drives: with_default_ids(self.disks.clone(), "disk", |d| &mut d.drive_id),
             nets: with_default_ids(self.nets.clone(), "net", |n| &mut n.iface_id),
-            cpu_template: self.cpu_template.clone(),
+            cpu_template: None,
             entropy: self.entropy.clone(),
             vsock: self.vsock.clone(),
             balloon: self.balloon.clone(),
         };
+        match &self.cpu_template {
+            Some(CliCpuTemplate::Static(name)) => config.set_static_cpu_template(*name),
+            Some(CliCpuTemplate::Custom(template)) => {
+                config.set_custom_cpu_template(template.clone())
+            }
+            None => {}
+        }
         let options = BuildOptions {
             boot: match self.boot {
                 BootArg::Auto => BootPreference::Auto,
@@ -344,9 +353,27 @@ fn key_values(text: &str) -> Result<Vec<(&str, &str)>, String> {
         .collect()
 }
 
-fn parse_cpu_template(path: &str) -> Result<ferry_api::CpuTemplate, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    ferry_api::cpu_template::parse_template_json(&text).map_err(|e| format!("{path}: {e}"))
+/// `--cpu-template`: a static template's name or a custom template's file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CliCpuTemplate {
+    Static(StaticCpuTemplate),
+    Custom(ferry_api::CpuTemplate),
+}
+
+/// A template's name wins; otherwise an existing file is read; otherwise a bare word is taken
+/// for a mistyped name (the error lists the names) and anything else for a missing file.
+fn parse_cpu_template(value: &str) -> Result<CliCpuTemplate, String> {
+    let name = value.parse::<StaticCpuTemplate>();
+    let bare_word = !value.is_empty() && value.chars().all(|c| c.is_ascii_alphanumeric());
+    match name {
+        Ok(name) => return Ok(CliCpuTemplate::Static(name)),
+        Err(e) if bare_word && !std::path::Path::new(value).exists() => return Err(e),
+        Err(_) => {}
+    }
+    let text = std::fs::read_to_string(value).map_err(|e| format!("{value}: {e}"))?;
+    ferry_api::cpu_template::parse_template_json(&text)
+        .map(CliCpuTemplate::Custom)
+        .map_err(|e| format!("{value}: {e}"))
 }
 
 fn parse_huge_pages(value: &str) -> Result<HugePages, String> {
@@ -709,6 +736,33 @@ mod tests {
         for bad in ["", "M", "12X", "-1G", "1000K", "0", "99999999999999999G"] {
             assert!(parse_memory_mib(bad).is_err(), "{bad}");
         }
+    }
+
+    /// `--cpu-template` takes a static template's name or a custom template's file.
+    #[test]
+    fn cpu_template_name_or_file() {
+        let config = |args: &[&str]| run_args(args).unwrap().to_config(false).0;
+        let t2s = config(&["--kernel", "k", "--cpu-template", "T2S"]);
+        assert_eq!(t2s.machine.cpu_template, StaticCpuTemplate::T2S);
+        assert_eq!(t2s.cpu_template, None);
+        let dir = std::env::temp_dir().join(format!("ferry-cli-tmpl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("custom.json");
+        std::fs::write(
+            &file,
+            r#"{"msr_modifiers": [{"addr": "0x1a0", "bitmap": "0b0"}]}"#,
+        )
+        .unwrap();
+        let custom = config(&["--kernel", "k", "--cpu-template", file.to_str().unwrap()]);
+        assert_eq!(custom.machine.cpu_template, StaticCpuTemplate::None);
+        assert_eq!(custom.cpu_template.map(|t| t.msrs.len()), Some(1));
+        let _ = std::fs::remove_dir_all(&dir);
+        let err = run_args(&["--kernel", "k", "--cpu-template", "T3"]).unwrap_err();
+        assert!(err.to_string().contains("T2CL"), "{err}");
+        let err = run_args(&["--kernel", "k", "--cpu-template", "V1N1"]).unwrap_err();
+        assert!(err.to_string().contains("aarch64"), "{err}");
+        let err = run_args(&["--kernel", "k", "--cpu-template", "/no/such.json"]).unwrap_err();
+        assert!(err.to_string().contains("/no/such.json"), "{err}");
     }
 
     #[test]

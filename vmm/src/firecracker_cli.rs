@@ -391,11 +391,18 @@ pub fn parse_config_file(text: &str) -> Result<ConfigFile, FcError> {
                 has_boot_source = true;
             }
             "machine-config" => {
-                let ApiRequest::PutMachineConfig(machine) = section(name, "/machine-config", body)?
+                let ApiRequest::PutMachineConfig(machine, template) =
+                    section(name, "/machine-config", body)?
                 else {
                     return Err(bad("machine-config: unexpected request".into()));
                 };
-                out.vm.machine = machine;
+                // Firecracker applies the file's cpu-config after its machine-config: a custom
+                // template wins over a static one whatever the order of the sections.
+                let custom = out.vm.cpu_template.take();
+                out.vm.put_machine(machine, template);
+                if let Some(custom) = custom {
+                    out.vm.set_custom_cpu_template(custom);
+                }
             }
             "drives" => {
                 for drive in list(name)? {
@@ -431,7 +438,7 @@ pub fn parse_config_file(text: &str) -> Result<ConfigFile, FcError> {
                 let ApiRequest::PutCpuConfig(template) = section(name, "/cpu-config", body)? else {
                     return Err(bad("cpu-config: unexpected request".into()));
                 };
-                out.vm.cpu_template = Some(template);
+                out.vm.set_custom_cpu_template(template);
             }
             "entropy" => {
                 let ApiRequest::PutEntropy(entropy) = section(name, "/entropy", body)? else {
@@ -862,6 +869,38 @@ mod tests {
                 uds_path: "/run/v.sock".into()
             })
         );
+    }
+
+    /// `machine-config.cpu_template` names a static template; a `cpu-config` section in the same
+    /// file wins over it, as Firecracker applies cpu-config last.
+    #[test]
+    fn config_file_cpu_templates() {
+        let file = parse_config_file(
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2S"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            file.vm.machine.cpu_template,
+            ferry_api::StaticCpuTemplate::T2S
+        );
+        assert_eq!(file.vm.cpu_template, None);
+        let file = parse_config_file(
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2"},
+                "cpu-config": {"msr_modifiers": [{"addr": "0x1a0", "bitmap": "0b0"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            file.vm.machine.cpu_template,
+            ferry_api::StaticCpuTemplate::None
+        );
+        assert_eq!(file.vm.cpu_template.map(|t| t.msrs.len()), Some(1));
+        let err = parse_config_file(
+            r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "V1N1"}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("aarch64"), "{err}");
     }
 
     #[test]

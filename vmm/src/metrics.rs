@@ -116,7 +116,7 @@ impl ApiCounters {
         Some(match request {
             R::GetInstanceInfo => ("get_api_requests", "instance_info"),
             R::GetMachineConfig => ("get_api_requests", "machine_cfg"),
-            R::PutMachineConfig(_) => ("put_api_requests", "machine_cfg"),
+            R::PutMachineConfig(..) => ("put_api_requests", "machine_cfg"),
             R::PatchMachineConfig(_) => ("patch_api_requests", "machine_cfg"),
             R::PutBootSource(_) => ("put_api_requests", "boot_source"),
             R::PutDrive(_) => ("put_api_requests", "drive"),

@@ -45,21 +45,34 @@ pub fn info(st: &State) {
     pass(&l);
 }
 
-/// `cpuid`: the CPU the VMM presents (CPUID 1 ECX/EDX, CPUID 7.0 EBX, IA32_MISC_ENABLE), for
-/// checking CPU templates.
+/// `cpuid`: the CPU the VMM presents (CPUID 1, 7.0, 0x8000_0001, IA32_MISC_ENABLE and, when
+/// CPUID says it exists, IA32_ARCH_CAPABILITIES), for checking CPU templates.
 pub fn cpuid() {
-    let (_, _, ecx1, edx1) = super::io::cpuid(1);
-    let (_, ebx7, _, _) = super::io::cpuid(7);
+    let (eax1, _, ecx1, edx1) = super::io::cpuid(1);
+    let (_, ebx7, _, edx7) = super::io::cpuid(7);
+    let (_, _, ext1_ecx, ext1_edx) = super::io::cpuid(0x8000_0001);
     let misc_enable = super::io::rdmsr(0x1a0);
     let mut l = LineBuf::new();
-    l.str("leaf1_ecx=")
+    l.str("leaf1_eax=")
+        .hex_fixed(u64::from(eax1), 8)
+        .str(" leaf1_ecx=")
         .hex_fixed(u64::from(ecx1), 8)
         .str(" leaf1_edx=")
         .hex_fixed(u64::from(edx1), 8)
         .str(" leaf7_ebx=")
         .hex_fixed(u64::from(ebx7), 8)
+        .str(" ext1_ecx=")
+        .hex_fixed(u64::from(ext1_ecx), 8)
+        .str(" ext1_edx=")
+        .hex_fixed(u64::from(ext1_edx), 8)
         .str(" misc_enable=")
         .hex_fixed(misc_enable, 16);
+    // CPUID.7.0:EDX[29] announces IA32_ARCH_CAPABILITIES; without it the read would fault.
+    if edx7 & (1 << 29) != 0 {
+        l.str(" arch_cap=").hex_fixed(super::io::rdmsr(0x10a), 16);
+    } else {
+        l.str(" arch_cap=none");
+    }
     pass(&l);
 }
 
