@@ -4,33 +4,13 @@
 //! `mock_server SOCKET [--tcp HOST:PORT]`: with `--tcp`, also forwards TCP connections to the
 //! socket byte for byte, because schemathesis speaks only TCP. Prints `ready` once serving.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use ferry_api::mock::MockVmm;
 
-fn pump(mut from: impl Read, mut to: impl Write, close: impl FnOnce()) {
-    let _ = std::io::copy(&mut from, &mut to);
-    close();
-}
-
-fn forward(tcp: TcpStream, socket: PathBuf) -> std::io::Result<()> {
-    let unix = UnixStream::connect(socket)?;
-    let (tcp_in, unix_out) = (tcp.try_clone()?, unix.try_clone()?);
-    let upstream = std::thread::spawn(move || {
-        pump(tcp_in, &unix_out, || {
-            let _ = unix_out.shutdown(Shutdown::Write);
-        })
-    });
-    pump(&unix, &tcp, || {
-        let _ = tcp.shutdown(Shutdown::Write);
-    });
-    let _ = upstream.join();
-    Ok(())
-}
+#[path = "support/tcp_forward.rs"]
+mod tcp_forward;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,7 +35,7 @@ fn main() {
             std::thread::park();
         }
     };
-    let listener = match TcpListener::bind(&addr) {
+    let listener = match tcp_forward::bind(&addr) {
         Ok(listener) => listener,
         Err(e) => {
             eprintln!("mock_server: {addr}: {e}");
@@ -64,10 +44,5 @@ fn main() {
         }
     };
     println!("ready");
-    for tcp in listener.incoming().flatten() {
-        let socket = socket.clone();
-        std::thread::spawn(move || {
-            let _ = forward(tcp, socket);
-        });
-    }
+    tcp_forward::serve(listener, socket)
 }

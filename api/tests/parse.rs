@@ -211,6 +211,13 @@ fn machine_config() {
         other => panic!("{other:?}"),
     }
     assert!(bad("PATCH", "/machine-config", "{}").contains("empty PATCH"));
+    // null is "absent" (Firecracker's Option fields): all-null is empty too.
+    assert!(bad(
+        "PATCH",
+        "/machine-config",
+        r#"{"acpi": null, "cpu_template": null, "huge_pages": null}"#
+    )
+    .contains("empty PATCH"));
     assert!(bad("PATCH", "/machine-config", r#"{"cpu_template": "V1N1"}"#).contains("aarch64"));
     assert_eq!(
         status("PATCH", "/machine-config", r#"{"vcpu_count": 0}"#),
