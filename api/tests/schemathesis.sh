@@ -106,9 +106,15 @@ run_st mock "$port" "$repo/api/tests/schemathesis.toml" "$repo/docs/api/ferry.ya
     "$@"
 
 # start_ferry NAME: a fresh `ferry firecracker --api-sock` behind a TCP forwarder; sets $port.
+# Its working directory is a scratch one: requests whose only fault is their Content-Type carry a
+# valid body, which ferry accepts (it reads every body as JSON whatever the header says), and the
+# coverage phase's first valid path is "0", so run 3's PUT /logger and /metrics create that
+# file where ferry runs.
 start_ferry() {
     local sock="$work/$1.sock"
-    "$target/debug/ferry" firecracker --api-sock "$sock" --id "st-$1" >"$work/$1.out" 2>&1 &
+    mkdir -p "$work/cwd-$1"
+    (cd "$work/cwd-$1" && exec "$target/debug/ferry" firecracker --api-sock "$sock" --id "st-$1") \
+        >"$work/$1.out" 2>&1 &
     pids+=($!)
     for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
     [ -S "$sock" ] || { cat "$work/$1.out"; return 1; }
