@@ -310,3 +310,29 @@ fn machine_config_cpu_template_over_the_api() {
     );
     assert!(line.contains("leaf1_eax=000306e4"), "{line}");
 }
+
+/// Firecracker's config file: `machine-config.cpu_template` reaches the guest through
+/// `ferry firecracker --no-api --config-file`.
+#[test]
+fn config_file_static_template_reaches_the_guest() {
+    let dir = TempDir::new("cpu-template-config-file");
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": common::probe_bin(), "boot_args": "probe.test=cpuid"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2S"},
+        "drives": [],
+    });
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let child = std::process::Command::new(common::ferry_bin())
+        .args(["firecracker", "--no-api", "--config-file"])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning");
+    let out = common::wait_with_deadline(child, DEADLINE);
+    assert_eq!(out.code(), Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(hex(&out, "leaf1_eax") & 0x0fff_3fff, 0x306f2);
+    assert_eq!(hex(&out, "arch_cap"), 0x0c0a_0c4c);
+}
