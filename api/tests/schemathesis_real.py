@@ -13,7 +13,8 @@ creates anything outside the scratch directory:
 - drives: path_on_host a disk image there; drive_id (path and body) one id, since the body's id
   must equal the path's, which a schema cannot say; no chap_secret_file (iSCSI only);
 - network interfaces: iface_id (path and body) one id, host_dev_name the tap the script made;
-- logger.log_path, metrics.metrics_path: files there;
+- logger.log_path, metrics.metrics_path: files there; vsock uds_path (and the snapshot's
+  vsock override): a socket path there (bound at InstanceStart);
 - snapshot and migration paths: names there (those requests are refused pre-boot anyway);
 - machine-config: even vcpu_count and mem_size_mib, in PUT and PATCH, since `smt` needs an even
   vCPU count (or 1, the default) and `huge_pages: "2M"` an even size, whichever request set the
@@ -58,6 +59,9 @@ schemas["PartialNetworkInterface"]["properties"]["iface_id"] = only("n0")
 schemas["Logger"]["properties"]["log_path"] = {
     "type": "string", "enum": [f"{scratch}/ferry.log", None], "nullable": True}
 schemas["Metrics"]["properties"]["metrics_path"] = only(f"{scratch}/metrics.json")
+
+schemas["Vsock"]["properties"]["uds_path"] = only(f"{scratch}/vsock.sock")
+schemas["VsockOverride"]["properties"]["uds_path"] = only(f"{scratch}/vsock.sock")
 
 snap = schemas["SnapshotCreateParams"]["properties"]
 snap["snapshot_path"] = only(f"{scratch}/snap.state")
