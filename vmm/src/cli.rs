@@ -5,7 +5,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ferry_api::{
     BalloonConfig, BootSource, DriveConfig, EntropyConfig, HugePages, MachineConfig,
-    NetBackendConfig, NetConfig, SerialConfig, SerialOutput, StaticCpuTemplate, VmConfig, VsockConfig,
+    NetBackendConfig, NetConfig, SerialConfig, SerialOutput, StaticCpuTemplate, VmConfig,
+    VsockConfig,
 };
 use ferry_arch::boot::BootPreference;
 use ferry_arch::cpuid::{feature_by_name, CpuFeature, HIDEABLE_FEATURES};
