@@ -18,7 +18,9 @@ creates anything outside the scratch directory:
 - snapshot and migration paths: names there (those requests are refused pre-boot anyway);
 - machine-config: even vcpu_count and mem_size_mib, in PUT and PATCH, since `smt` needs an even
   vCPU count (or 1, the default) and `huge_pages: "2M"` an even size, whichever request set the
-  other field (a schema cannot tie fields of two requests together).
+  other field (a schema cannot tie fields of two requests together); likewise the balloon's
+  amount_mib at most 2, the smallest guest those sizes allow, as a target above the guest's
+  memory is refused.
 """
 import sys
 
@@ -37,6 +39,8 @@ def only(value):
 for name in ("MachineConfiguration", "MachineConfigurationUpdate"):
     for field in ("vcpu_count", "mem_size_mib"):
         schemas[name]["properties"][field]["multipleOf"] = 2
+
+schemas["Balloon"]["properties"]["amount_mib"]["maximum"] = 2
 
 boot = schemas["BootSource"]["properties"]
 boot["kernel_image_path"] = only(f"{scratch}/vmlinux")
