@@ -92,8 +92,9 @@ pub fn allows() -> Vec<Allow> {
             "vsock: std's set_nonblocking on an accepted host connection",
         ),
         ioctl_in(
-            ioctls::tap_offload(),
-            "virtio-net offloads follow the driver's features",
+            ioctls::tap_running(),
+            "virtio-net offloads follow the driver's features; the control queue's MQ command \
+             attaches and detaches multiqueue tap queues",
         ),
     ]);
     v

@@ -170,10 +170,12 @@ pub fn tap_setup() -> Vec<u64> {
     ]
 }
 
-/// The one tap ioctl a running guest can cause: the offloads follow the features the driver
-/// accepted (on the vCPU thread that writes the status register, or the device thread).
-pub fn tap_offload() -> Vec<u64> {
-    vec![libc::TUNSETOFFLOAD]
+/// The tap ioctls a running guest can cause, on the vCPU thread that writes the status register
+/// or on the device thread (control queue): the offloads follow the features the driver
+/// accepted, and a multiqueue tap's queues are attached or detached as the driver enables queue
+/// pairs (at activation, and with the control queue's MQ command).
+pub fn tap_running() -> Vec<u64> {
+    vec![libc::TUNSETOFFLOAD, libc::TUNSETQUEUE]
 }
 
 /// Block devices: size and sector size when opened or resized.

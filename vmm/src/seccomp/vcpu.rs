@@ -16,9 +16,9 @@ pub fn allows() -> Vec<Allow> {
              migration)",
         ),
         ioctl_in(
-            ioctls::tap_offload(),
-            "TUNSETOFFLOAD when the guest's virtio-net driver accepts its features (status \
-             register write)",
+            ioctls::tap_running(),
+            "TUNSETOFFLOAD when the guest's virtio-net driver accepts its features, TUNSETQUEUE \
+             for the queue pairs in use at activation (status register writes)",
         ),
         any(
             SYS_read,
