@@ -753,7 +753,7 @@ sc_stock_entropy() {
     fi
 }
 
-# child_of PID: the first process whose parent is PID (ferry under `timeout`).
+# child_of PID: the first process whose parent is PID.
 child_of() {
     for st in /proc/[0-9]*/stat; do
         read -r cpid _ _ ppid _ <"$st" 2>/dev/null || continue
@@ -761,7 +761,7 @@ child_of() {
     done
 }
 # rss_kib PID: resident memory of PID in KiB.
-rss_kib() { sed -n 's/^VmRSS: *\([0-9]*\).*/\1/p' "/proc/$1/status"; }
+rss_kib() { sed -n 's/^VmRSS:[^0-9]*\([0-9]*\).*/\1/p' "/proc/$1/status"; }
 api_call() { # api_call METHOD SOCK PATH [JSON] -> prints the HTTP status, body in $W/api-body
     curl -sS -o "$W/api-body" -w '%{http_code}' --unix-socket "$2" -X "$1" "http://localhost$3" \
         -H 'Accept: application/json' -H 'Content-Type: application/json' ${4:+-d "$4"}
@@ -811,7 +811,10 @@ sc_stock_balloon() {
         fail "the guest never filled its memory: $(l2why "$W/l2.out" $?)"
         return
     fi
-    fpid=$(child_of "$l2pid")
+    # Busybox's timeout execs the command in its own process (a child watches the clock), so
+    # $l2pid is ferry itself; another timeout would make ferry its child.
+    fpid=$l2pid
+    [ "$(cat "/proc/$fpid/comm" 2>/dev/null)" = ferry ] || fpid=$(child_of "$l2pid")
     rss0=$(rss_kib "$fpid")
     # Half of the 512 MiB guest.
     c1=$(api_call PATCH "$W/api.sock" /balloon '{"amount_mib": 256}')
