@@ -7,38 +7,20 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{ctl, http, probe_bin, wait_for_socket, FerryProcess, TempDir};
+use common::{ctl, http, wait_for_socket, FerryProcess, TempDir};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(180);
 const POOL_MIB: u64 = 64;
 const INFLATE_MIB: u64 = 48;
 
-fn spawn(
-    dir: &Path,
-    name: &str,
-    cmdline: &str,
-    extra: &[&str],
-) -> (FerryProcess, std::path::PathBuf) {
-    let socket = dir.join(format!("{name}.sock"));
-    let probe = probe_bin();
-    let mut args = vec![
-        "run",
-        "--kernel",
-        probe.to_str().unwrap(),
-        "--cmdline",
-        cmdline,
-        "--memory",
-        "256M",
-        "--exit-device",
-        "--api-socket",
-        socket.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let vm = FerryProcess::spawn(dir, name, &args);
+/// The probe with 256 MiB, the exit device and an API socket (waited for).
+fn spawn(dir: &Path, name: &str, cmdline: &str, extra: &[&str]) -> (FerryProcess, PathBuf) {
+    let flags = [&["--memory", "256M", "--exit-device"], extra].concat();
+    let (vm, socket) = FerryProcess::spawn_probe_with_api(dir, name, cmdline, &flags);
     wait_for_socket(&socket, DEADLINE);
     (vm, socket)
 }

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{ctl, http, probe_bin, run_probe, wait_for_socket, FerryProcess, TempDir};
@@ -48,26 +48,10 @@ fn rng_pass_line(stdout: &str, stderr: &str) -> String {
     line.to_string()
 }
 
-fn spawn_probe(
-    dir: &Path,
-    name: &str,
-    cmdline: &str,
-    extra: &[&str],
-) -> (FerryProcess, std::path::PathBuf) {
-    let socket = dir.join(format!("{name}.sock"));
-    let probe = probe_bin();
-    let mut args = vec![
-        "run",
-        "--kernel",
-        probe.to_str().unwrap(),
-        "--cmdline",
-        cmdline,
-        "--exit-device",
-        "--api-socket",
-        socket.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    (FerryProcess::spawn(dir, name, &args), socket)
+/// The probe with the exit device and an API socket (not waited for).
+fn spawn_probe(dir: &Path, name: &str, cmdline: &str, extra: &[&str]) -> (FerryProcess, PathBuf) {
+    let flags = [&["--exit-device"], extra].concat();
+    FerryProcess::spawn_probe_with_api(dir, name, cmdline, &flags)
 }
 
 #[test]

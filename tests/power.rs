@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{ctl, probe_bin, wait_for_socket, FerryProcess, TempDir};
+use common::{ctl, wait_for_socket, FerryProcess, TempDir};
 use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -27,25 +27,8 @@ fn fault(text: &str) -> String {
 }
 
 /// `ferry run` of the probe with `cmdline` and an API socket; waits for the API.
-fn start(
-    dir: &Path,
-    name: &str,
-    cmdline: &str,
-    extra: &[&str],
-) -> (FerryProcess, std::path::PathBuf) {
-    let socket = dir.join(format!("{name}.sock"));
-    let probe = probe_bin();
-    let mut args = vec![
-        "run",
-        "--kernel",
-        probe.to_str().unwrap(),
-        "--cmdline",
-        cmdline,
-        "--api-socket",
-        socket.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let vm = FerryProcess::spawn(dir, name, &args);
+fn start(dir: &Path, name: &str, cmdline: &str, extra: &[&str]) -> (FerryProcess, PathBuf) {
+    let (vm, socket) = FerryProcess::spawn_probe_with_api(dir, name, cmdline, extra);
     wait_for_socket(&socket, DEADLINE);
     (vm, socket)
 }

@@ -22,21 +22,10 @@ const DEADLINE: Duration = Duration::from_secs(180);
 const LISTENING: &str = "probe: vsock: listening";
 const KEEP_RUNNING: &str = "dirty probe.dirty_mib=1 probe.dirty_rate_mib=1";
 
+/// The probe with the exit device and an API socket (not waited for).
 fn spawn_probe(dir: &Path, name: &str, cmdline: &str, extra: &[&str]) -> (FerryProcess, PathBuf) {
-    let socket = dir.join(format!("{name}.api"));
-    let probe = probe_bin();
-    let mut args = vec![
-        "run",
-        "--kernel",
-        probe.to_str().unwrap(),
-        "--cmdline",
-        cmdline,
-        "--exit-device",
-        "--api-socket",
-        socket.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    (FerryProcess::spawn(dir, name, &args), socket)
+    let flags = [&["--exit-device"], extra].concat();
+    FerryProcess::spawn_probe_with_api(dir, name, cmdline, &flags)
 }
 
 /// Pseudo-random bytes (xorshift), different per seed.

@@ -173,6 +173,29 @@ pub struct FerryProcess {
 }
 
 impl FerryProcess {
+    /// Spawns `ferry run` of the probe with `cmdline`, an API socket `dir/<name>.sock` and the
+    /// `extra` flags; returns the process and the socket's path (not waited for).
+    pub fn spawn_probe_with_api(
+        dir: &Path,
+        name: &str,
+        cmdline: &str,
+        extra: &[&str],
+    ) -> (Self, PathBuf) {
+        let socket = dir.join(format!("{name}.sock"));
+        let probe = probe_bin();
+        let mut args = vec![
+            "run",
+            "--kernel",
+            probe.to_str().expect("probe path is UTF-8"),
+            "--cmdline",
+            cmdline,
+            "--api-socket",
+            socket.to_str().expect("socket path is UTF-8"),
+        ];
+        args.extend_from_slice(extra);
+        (Self::spawn(dir, name, &args), socket)
+    }
+
     /// Spawns `ferry args…`, logging into `dir/<name>.out|.err`.
     pub fn spawn(dir: &Path, name: &str, args: &[&str]) -> Self {
         let stdout_path = dir.join(format!("{name}.out"));
